@@ -1,0 +1,1 @@
+"""Custom kernels for lcplm (imports only torch and triton)."""

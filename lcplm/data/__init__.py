@@ -1,0 +1,1 @@
+"""Readers, tokenizer, masking, batching, graph walks and genome layouts (no model imports)."""

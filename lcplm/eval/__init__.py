@@ -1,0 +1,1 @@
+"""Downstream metrics and reports."""

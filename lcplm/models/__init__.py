@@ -1,0 +1,1 @@
+"""Single-device nn.Modules (no Lightning imports)."""

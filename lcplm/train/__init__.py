@@ -1,0 +1,1 @@
+"""Trainer construction, strategies, callbacks and the run directory."""
