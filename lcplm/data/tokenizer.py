@@ -77,10 +77,10 @@ def decode(ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False)
         ids = ids.tolist()
     out = []
     for i in ids:
-        tok = ALL_TOKENS[i] if 0 <= i < VOCAB_SIZE else "<unk>"
-        if skip_special_tokens and not _IS_RESIDUE[i] if i < PADDED_VOCAB_SIZE else skip_special_tokens:
+        residue = 0 <= i < PADDED_VOCAB_SIZE and bool(_IS_RESIDUE[i])
+        if skip_special_tokens and not residue:
             continue
-        out.append(tok)
+        out.append(ALL_TOKENS[i] if 0 <= i < VOCAB_SIZE else "<unk>")
     return "".join(out)
 
 

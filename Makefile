@@ -1,0 +1,54 @@
+# lcplm: every target is one line of description (`make help`) and calls the CLI.
+# On CPU machines torch is pinned through constraints-cpu.txt so no CUDA build is pulled;
+# on GPU machines set TORCH_CONSTRAINT= (empty) and install your own CUDA torch first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_CONSTRAINT ?= constraints-cpu.txt
+EXTRAS ?= dev
+EXPERIMENT ?= experiments/pretrain/tiny.yaml
+GRAPH_EXPERIMENT ?= experiments/graph/yeast_tiny.yaml
+EVAL_CONFIG ?= experiments/downstream/default.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
+export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast bench data clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_CONSTRAINT)" ]; then $(PY) -m pip install -q -c $(TORCH_CONSTRAINT) torch; fi
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed ## create the virtualenv (if missing) and install lcplm with its dependencies
+
+data: install ## prepare the embedded default data set into .cache/data
+	$(PY) -m lcplm data prepare-default
+
+pretrain: data ## train the tiny stage-1 BiMamba-S on the embedded default (EXPERIMENT=..., ARGS="k=v ...")
+	$(PY) -m lcplm pretrain $(EXPERIMENT) $(ARGS)
+
+pretrain-graph: install ## stage 2 (LC-PLM-G) on the shared yeast PPI graph, from `make pretrain`'s checkpoint
+	$(PY) -m lcplm pretrain $(GRAPH_EXPERIMENT) $(ARGS)
+
+eval-downstream: install ## evaluate `make pretrain`'s checkpoint and baselines on the downstream tasks
+	$(PY) -m lcplm eval-downstream $(EVAL_CONFIG) $(ARGS)
+
+test: install ## run the test suite (GPU / Slurm tests skip without them)
+	$(PY) -m pytest -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)
+
+test-fast: install ## run the tests not marked slow
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+bench: install ## run the CPU benchmarks (ratios printed side by side)
+	$(PY) benchmarks/run_all.py
+
+clean: ## remove caches and runs (keeps the virtualenv)
+	rm -rf .cache runs .pytest_cache

@@ -1,0 +1,42 @@
+"""Markers, shared-data location and small fixtures for the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LCPLM_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; skips the test with a clear message when it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data {p} not present (set LCPLM_DATA_DIR to ../shared/data)")
+    return p
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    n_gpu = torch.cuda.device_count() if has_gpu else 0
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "multigpu" in item.keywords and n_gpu < 2:
+            item.add_marker(pytest.mark.skip(reason="needs two or more CUDA GPUs"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_worker():
+    # pytest-xdist runs two workers on two cores: one intra-op thread each avoids oversubscription
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
