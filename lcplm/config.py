@@ -83,7 +83,8 @@ class RunConfig:
     out_dir: str = "runs"
     name: str = "default"
     seed: int = 0
-    resume: bool = False  # continue from <run dir>/checkpoints/last.ckpt
+    resume: bool = False  # continue from <run dir>/checkpoints/last.ckpt (same as --resume)
+    overwrite: bool = False  # allow a fresh run into a run directory that already has checkpoints
     init_from: Optional[str] = None  # load model weights (not optimiser state) from a checkpoint
     save_every_n_steps: int = 200
 

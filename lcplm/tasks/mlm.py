@@ -1,0 +1,98 @@
+"""Masked-language-model training as a LightningModule (stage 1, stage 2 and genome MLM).
+
+The task receives its network (any lcplm model: ``forward(input_ids, **inputs) -> logits``)
+and a batch dict whose ``labels`` hold the MLM targets (-100 elsewhere); every other key of
+the batch is a keyword input of the model. The task knows nothing about where the batch came
+from, so one class serves FASTA pretraining, PPI-walk contexts and whole genomes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lcplm.config import OptimConfig
+from lcplm.tasks.optim import build_optimizer
+
+IGNORE_INDEX = -100
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross entropy over targets, number of targets, number of correct argmax predictions.
+
+    logits: (B, L, V), labels: (B, L) with -100 where not a target. The loss is computed in
+    fp32 whatever the autocast dtype, and is 0 (not NaN) for a batch without targets.
+    """
+    target = labels != IGNORE_INDEX
+    n = target.sum()
+    sel = logits[target].float()  # (n, V): the LM head's outputs at target positions only
+    y = labels[target]
+    loss_sum = F.cross_entropy(sel, y, reduction="sum")
+    correct = (sel.argmax(-1) == y).sum()
+    return loss_sum / n.clamp_min(1), n, correct
+
+
+class MLMTask(L.LightningModule):
+    """Masked cross entropy; AdamW (no decay on norms/biases/embeddings); warm-up + cosine."""
+
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None, config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim or OptimConfig()
+        # The resolved experiment config (plain types only) travels in every checkpoint, so
+        # ``lcplm.train.checkpoint.load_model`` can rebuild the model with weights_only=True.
+        self.save_hyperparameters({"config": config or {}})
+        self.val_loss = MeanMetric()
+        self.val_acc = MeanMetric()
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**inputs)
+
+    def _step(self, batch: dict[str, torch.Tensor]):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs)
+        return masked_lm_loss(logits, batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, n, correct = self._step(batch)
+        if not torch.isfinite(loss):
+            # NaN/inf guard: raise before the optimizer step so the last checkpoint stays good.
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at global step {self.global_step}; "
+                "the last good checkpoint is untouched (lower the learning rate or check the data)"
+            )
+        bs = int(batch["labels"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/masked_acc", correct.float() / n.clamp_min(1), batch_size=bs)
+        self.log("train/targets", n.float(), reduce_fx="sum", batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n, correct = self._step(batch)
+        if n > 0:
+            # token-weighted means: the epoch value is total loss / total targets, across ranks
+            self.val_loss.update(loss.detach(), weight=n)
+            self.val_acc.update(correct.float() / n, weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size == 1 and float(self.val_loss.weight) == 0.0:
+            return  # no validation targets at all (e.g. an empty validation split)
+        loss = self.val_loss.compute()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/perplexity", torch.exp(loss.clamp(max=50)))
+        self.log("val/masked_acc", self.val_acc.compute())
+        self.val_loss.reset()
+        self.val_acc.reset()
+
+    def configure_optimizers(self) -> Any:
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        if total is None:
+            est = self.trainer.estimated_stepping_batches
+            total = int(est) if math.isfinite(est) else 10_000
+        return build_optimizer(self.model, self.optim_cfg, total)
