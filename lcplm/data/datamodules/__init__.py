@@ -20,3 +20,18 @@ DATAMODULES: dict[str, str] = {
 def build_datamodule(cfg: Any, seed: int = 0):
     module, _, cls = DATAMODULES[cfg.name].partition(":")
     return getattr(importlib.import_module(module), cls)(cfg, seed=seed)
+
+
+def resume_position(trainer: Any) -> tuple[int, int]:
+    """``(epoch, batches of that epoch already trained)`` for building a train loader.
+
+    Lightning restores its loop counters before it asks for the train dataloader; when the
+    run restarts mid-epoch (``--resume`` from a step checkpoint) the batch sampler must skip the
+    batches that the checkpoint already contains, so the resumed run sees exactly the batches
+    an uninterrupted run would. Without a trainer (plain iteration): ``(0, 0)``.
+    """
+    if trainer is None:
+        return 0, 0
+    fit_loop = trainer.fit_loop
+    done = fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
+    return int(trainer.current_epoch), int(done)
