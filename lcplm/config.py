@@ -76,6 +76,7 @@ class TrainerConfig:
     deterministic: bool = False
     progress_bar: bool = True
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    collective_timeout_minutes: float = 10.0  # a collective waiting longer (dead or hung rank) fails the job
 
 
 @dataclass
