@@ -1,0 +1,242 @@
+"""Stage-2 (LC-PLM-G) data: MLM batches of random-walk contexts over a PPI graph.
+
+The graph is read once (:mod:`lcplm.data.ppi_graph`); a held-out node set grown breadth-first
+(:func:`~lcplm.data.ppi_graph.split_nodes`) gives validation, and training and validation
+walks run on the two induced subgraphs, so no protein is in both. A training epoch starts
+``walks_per_node`` walks from every training node, in an order shuffled per (seed, epoch).
+Each batch is one vectorised call (:func:`~lcplm.data.walks.walk_contexts`) seeded by
+(seed, split, epoch, batch), then masked by :func:`lcplm.data.masking.mask_tokens` (residues
+only: the special tokens stay visible), so a batch is the same whatever the number of
+workers, and a resumed run sees the batches an uninterrupted one would.
+
+Batch: ``input_ids`` (B, L) right-padded with PAD, ``lengths`` (B,), ``labels`` (B, L).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lcplm.data.datamodules import resume_position
+from lcplm.data.ppi_graph import EDGE_FORMATS, PPIGraph, load_ppi_graph, split_nodes
+from lcplm.data.walks import CSRGraph, ProteinTable, check_budget, walk_contexts
+from lcplm.errors import UserError
+
+SHARED_PREFIX = "../shared/data/"
+
+
+@dataclass
+class PPIWalkDataConfig:
+    """``data.name: ppi_walks``. Paths starting ``../shared/data/`` resolve under ``$LCPLM_DATA_DIR``."""
+
+    name: str = "ppi_walks"
+    edges: str = "../shared/data/ppi/yeast_guo/protein.actions.tsv"  # edge file
+    sequences: str = "../shared/data/ppi/yeast_guo/protein.dictionary.tsv"  # FASTA or id<TAB>sequence
+    edge_format: str = "pairs"  # pairs (id1 id2 [label|score], positives kept) | string (protein.links)
+    min_score: float = 700.0  # string format: keep combined_score >= this
+    strict: bool = False  # proteins without a sequence: error (true) or report and drop (false)
+    keep_isolated: bool = False  # also make nodes of sequences without any edge (they only jump)
+    context_len: int = 2048  # token budget per context, <cls> and <eos> included
+    max_protein_len: int = 1000  # longer proteins are cropped to a random window of this length
+    p_neg: float = 0.2  # probability of a [NO_EDGE] jump to a random non-neighbour at each step
+    fill_budget: bool = True  # crop the protein that does not fit to fill the budget
+    batch_size: int = 4  # contexts per batch
+    walks_per_node: int = 1  # training walks started from every node per epoch
+    val_fraction: float = 0.1  # nodes held out (grown breadth-first) for validation walks
+    mask_prob: float = 0.15  # fraction of residues that are MLM targets
+    mask_token_frac: float = 0.8  # of the targets: replaced by <mask>
+    random_token_frac: float = 0.1  # of the targets: replaced by a random amino acid
+    num_workers: int = 0  # DataLoader worker processes
+
+
+def resolve_data_path(path: str) -> Path:
+    """A config path: ``../shared/data/REL`` (or ``shared:REL``) is ``$LCPLM_DATA_DIR/REL`` when set."""
+    env = os.environ.get("LCPLM_DATA_DIR")
+    for prefix in (SHARED_PREFIX, "shared:"):
+        if path.startswith(prefix):
+            rel = path[len(prefix):]
+            return Path(env) / rel if env else Path(SHARED_PREFIX) / rel
+    return Path(path).expanduser()
+
+
+def _existing(path: str, key: str) -> Path:
+    p = resolve_data_path(path)
+    if not p.is_file():
+        hint = (
+            " (it comes from ../shared/data, beside the project; set LCPLM_DATA_DIR to that folder)"
+            if path.startswith((SHARED_PREFIX, "shared:"))
+            else ""
+        )
+        raise UserError(f"data.{key}: file {p} not found{hint}")
+    return p
+
+
+def check_config(cfg: PPIWalkDataConfig) -> None:
+    """Reject impossible settings with the key's name, before any file is read."""
+    if cfg.edge_format not in EDGE_FORMATS:
+        raise UserError(f"data.edge_format must be one of {list(EDGE_FORMATS)}, got {cfg.edge_format!r}")
+    check_budget(cfg.context_len, cfg.max_protein_len)
+    if not 0.0 <= cfg.p_neg <= 1.0:
+        raise UserError(f"data.p_neg must be in [0, 1], got {cfg.p_neg}")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise UserError(f"data.val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    for key in ("batch_size", "walks_per_node"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.num_workers < 0:
+        raise UserError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
+    if not 0.0 <= cfg.mask_prob <= 1.0:
+        raise UserError(f"data.mask_prob must be in [0, 1], got {cfg.mask_prob}")
+    if min(cfg.mask_token_frac, cfg.random_token_frac) < 0 or cfg.mask_token_frac + cfg.random_token_frac > 1:
+        raise UserError(
+            "data.mask_token_frac and data.random_token_frac must be >= 0 and sum to at most 1, "
+            f"got {cfg.mask_token_frac} and {cfg.random_token_frac}"
+        )
+
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integer parts (SeedSequence hashing)."""
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+@dataclass
+class WalkSplit:
+    """One side of the split: its induced subgraph and its proteins, indexed alike."""
+
+    graph: CSRGraph
+    proteins: ProteinTable
+    ids: list[str]
+
+    @classmethod
+    def induced(cls, ppi: PPIGraph, nodes: torch.Tensor) -> "WalkSplit":
+        """nodes: (n,) sorted node indices of ``ppi``."""
+        local = torch.full((ppi.num_nodes,), -1, dtype=torch.long)
+        local[nodes] = torch.arange(nodes.numel())
+        ei = local[ppi.data.edge_index]
+        ei = ei[:, (ei >= 0).all(0)]
+        idx = nodes.tolist()
+        ids = [ppi.ids[i] for i in idx]
+        return cls(CSRGraph.from_edge_index(ei, nodes.numel()), ProteinTable.from_sequences([ppi.sequences[i] for i in idx], ids), ids)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.graph.num_nodes
+
+
+class WalkContextDataset(Dataset):
+    """Item ``(epoch, b)`` is the b-th batch of that epoch: masked contexts of walks."""
+
+    def __init__(self, split: WalkSplit, cfg: PPIWalkDataConfig, seed: int, stream: int, walks_per_node: int, shuffle: bool):
+        self.split, self.cfg, self.seed, self.stream = split, cfg, seed, stream
+        self.walks_per_node, self.shuffle = walks_per_node, shuffle
+        self._starts: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(self.split.num_nodes * self.walks_per_node / self.cfg.batch_size)
+
+    def starts(self, epoch: int) -> torch.Tensor:
+        """Start nodes of the whole epoch, in order: (N * walks_per_node,)."""
+        if self._starts is None or self._starts[0] != epoch:
+            n = self.split.num_nodes * self.walks_per_node
+            if self.shuffle:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch)))
+            else:
+                order = torch.arange(n)
+            self._starts = (epoch, order % self.split.num_nodes)
+        return self._starts[1]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        from lcplm.data.masking import mask_tokens
+
+        epoch, b = key
+        bs = self.cfg.batch_size
+        starts = self.starts(epoch)[b * bs : (b + 1) * bs]
+        g = torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch, b))
+        c = self.cfg
+        ids, lengths, _ = walk_contexts(
+            self.split.graph, self.split.proteins, starts, c.context_len, c.max_protein_len, c.p_neg, g, c.fill_budget
+        )
+        masked, labels = mask_tokens(ids, g, mask_prob=c.mask_prob, mask_token_frac=c.mask_token_frac, random_token_frac=c.random_token_frac)
+        return {"input_ids": masked, "lengths": lengths, "labels": labels}
+
+
+class EpochBatchSampler(Sampler):
+    """Yields this rank's ``(epoch, batch)`` keys; ranks take batches round-robin.
+
+    Every rank gets ``ceil(n / world_size)`` batches (the last few wrap around to the first),
+    as DDP needs equal counts. ``skip`` batches of ``epoch`` are left out once, for a run
+    resumed mid-epoch; Lightning calls :meth:`set_epoch` at every epoch start.
+    """
+
+    def __init__(self, num_batches: int, epoch: int = 0, skip: int = 0, rank: int = 0, world_size: int = 1, fixed_epoch: bool = False):
+        self.num_batches, self.epoch, self.rank, self.world = num_batches, epoch, rank, world_size
+        self.fixed_epoch = fixed_epoch
+        self._skip = (epoch, skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.fixed_epoch:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches / self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        skip = self._skip[1] if self._skip[0] == self.epoch else 0
+        self._skip = (self.epoch, 0)
+        for i in range(skip, len(self)):
+            yield self.epoch, (i * self.world + self.rank) % self.num_batches
+
+
+class PPIWalkDataModule(L.LightningDataModule):
+    """Random-walk contexts over a PPI graph; validation walks on a held-out node set."""
+
+    def __init__(self, cfg: PPIWalkDataConfig, seed: int = 0):
+        super().__init__()
+        check_config(cfg)
+        self.cfg, self.seed = cfg, seed
+        self.graph: Optional[PPIGraph] = None
+        self.train_split: Optional[WalkSplit] = None
+        self.val_split: Optional[WalkSplit] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_split is not None:
+            return
+        c = self.cfg
+        edges, sequences = _existing(c.edges, "edges"), _existing(c.sequences, "sequences")
+        self.graph = load_ppi_graph(edges, sequences, c.edge_format, c.min_score, c.strict, c.keep_isolated)
+        if self.graph.num_nodes < 2:
+            raise UserError(f"{edges}: the graph needs at least 2 proteins to hold some out for validation")
+        g = torch.Generator().manual_seed(_seed(self.seed, 0xB5))
+        train, val = split_nodes(self.graph.data.edge_index, self.graph.num_nodes, c.val_fraction, g)
+        self.train_split = WalkSplit.induced(self.graph, train)
+        self.val_split = WalkSplit.induced(self.graph, val)
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
+
+    def _loader(self, ds: WalkContextDataset, sampler: EpochBatchSampler) -> DataLoader:
+        return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.cfg.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        epoch, done = resume_position(self.trainer)
+        rank, world = self._rank()
+        ds = WalkContextDataset(self.train_split, self.cfg, self.seed, stream=1, walks_per_node=self.cfg.walks_per_node, shuffle=True)
+        return self._loader(ds, EpochBatchSampler(len(ds), epoch, done, rank, world))
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        rank, world = self._rank()
+        # one walk from every held-out node, the same walks and masks at every validation
+        ds = WalkContextDataset(self.val_split, self.cfg, self.seed, stream=2, walks_per_node=1, shuffle=True)
+        return self._loader(ds, EpochBatchSampler(len(ds), 0, 0, rank, world, fixed_epoch=True))
