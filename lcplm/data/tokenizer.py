@@ -86,7 +86,8 @@ def decode(ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False)
 
 def is_residue(ids: torch.Tensor) -> torch.Tensor:
     """Boolean mask of maskable residue positions (never special tokens or padding)."""
-    return torch.from_numpy(_IS_RESIDUE)[ids.clamp(0, PADDED_VOCAB_SIZE - 1)] & (ids < PADDED_VOCAB_SIZE)
+    table = torch.from_numpy(_IS_RESIDUE).to(ids.device)  # a CPU table cannot index a CUDA tensor
+    return table[ids.clamp(0, PADDED_VOCAB_SIZE - 1)] & (ids < PADDED_VOCAB_SIZE)
 
 
 def pad_batch(seqs: Sequence[torch.Tensor], pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
