@@ -54,6 +54,13 @@ class MLMTask(L.LightningModule):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**inputs)
 
+    def configure_model(self) -> None:
+        # The strategy applies its parallelism plan here, once the process group exists
+        # (lcplm.train.strategies: activation checkpointing per block, FSDP2 sharding).
+        parallelize = getattr(self.trainer.strategy, "parallelize", None)
+        if parallelize is not None:
+            parallelize(self)
+
     def _step(self, batch: dict[str, torch.Tensor]):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs)

@@ -7,6 +7,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lcplm.config import PretrainConfig
+from lcplm.train.slurm import PreemptionCallback
 
 
 def build_callbacks(cfg: PretrainConfig, out: Path) -> list[Callback]:
@@ -32,4 +33,5 @@ def build_callbacks(cfg: PretrainConfig, out: Path) -> list[Callback]:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    return [last, best]
+    # SIGUSR1/SIGTERM: save last.ckpt at the end of the step, requeue under SLURM, exit
+    return [last, best, PreemptionCallback(ckpt_dir / "last.ckpt")]
