@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lcplm.data.batching import batch_generator
 from lcplm.data.datamodules import resume_position
 from lcplm.data.ppi_graph import EDGE_FORMATS, PPIGraph, load_ppi_graph, split_nodes
 from lcplm.data.walks import CSRGraph, ProteinTable, check_budget, walk_contexts
 from lcplm.errors import UserError
 
 SHARED_PREFIX = "../shared/data/"
+# generator streams (lcplm.data.batching.batch_generator): batches, epoch orders, the node split
+TRAIN_STREAM, VAL_STREAM, SPLIT_STREAM = 10, 11, 12
+ORDER_POSITION = 2**32 - 1  # position word of an epoch's start order (batches use 0, 1, ...)
 
 
 @dataclass
@@ -55,7 +59,10 @@ class PPIWalkDataConfig:
     mask_prob: float = 0.15  # fraction of residues that are MLM targets
     mask_token_frac: float = 0.8  # of the targets: replaced by <mask>
     random_token_frac: float = 0.1  # of the targets: replaced by a random amino acid
-    num_workers: int = 0  # DataLoader worker processes
+    num_workers: int = 0  # DataLoader worker processes (batches do not depend on this)
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def resolve_data_path(path: str) -> Path:
@@ -103,11 +110,6 @@ def check_config(cfg: PPIWalkDataConfig) -> None:
         )
 
 
-def _seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integer parts (SeedSequence hashing)."""
-    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
-
-
 @dataclass
 class WalkSplit:
     """One side of the split: its induced subgraph and its proteins, indexed alike."""
@@ -148,7 +150,7 @@ class WalkContextDataset(Dataset):
         if self._starts is None or self._starts[0] != epoch:
             n = self.split.num_nodes * self.walks_per_node
             if self.shuffle:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch)))
+                order = torch.randperm(n, generator=batch_generator(self.seed, self.stream, epoch, ORDER_POSITION))
             else:
                 order = torch.arange(n)
             self._starts = (epoch, order % self.split.num_nodes)
@@ -160,7 +162,7 @@ class WalkContextDataset(Dataset):
         epoch, b = key
         bs = self.cfg.batch_size
         starts = self.starts(epoch)[b * bs : (b + 1) * bs]
-        g = torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch, b))
+        g = batch_generator(self.seed, self.stream, epoch, b)
         c = self.cfg
         ids, lengths, _ = walk_contexts(
             self.split.graph, self.split.proteins, starts, c.context_len, c.max_protein_len, c.p_neg, g, c.fill_budget
@@ -201,7 +203,6 @@ class PPIWalkDataModule(L.LightningDataModule):
 
     def __init__(self, cfg: PPIWalkDataConfig, seed: int = 0):
         super().__init__()
-        check_config(cfg)
         self.cfg, self.seed = cfg, seed
         self.graph: Optional[PPIGraph] = None
         self.train_split: Optional[WalkSplit] = None
@@ -215,10 +216,15 @@ class PPIWalkDataModule(L.LightningDataModule):
         self.graph = load_ppi_graph(edges, sequences, c.edge_format, c.min_score, c.strict, c.keep_isolated)
         if self.graph.num_nodes < 2:
             raise UserError(f"{edges}: the graph needs at least 2 proteins to hold some out for validation")
-        g = torch.Generator().manual_seed(_seed(self.seed, 0xB5))
+        g = batch_generator(self.seed, SPLIT_STREAM, 0, 0)
         train, val = split_nodes(self.graph.data.edge_index, self.graph.num_nodes, c.val_fraction, g)
         self.train_split = WalkSplit.induced(self.graph, train)
         self.val_split = WalkSplit.induced(self.graph, val)
+        rank_zero_info(
+            f"{self.graph.report.summary()}; walks: {self.train_split.num_nodes} training proteins "
+            f"({self.train_split.graph.col.numel() // 2} edges), {self.val_split.num_nodes} held out "
+            f"({self.val_split.graph.col.numel() // 2} edges)"
+        )
 
     def _rank(self) -> tuple[int, int]:
         t = self.trainer
@@ -231,12 +237,12 @@ class PPIWalkDataModule(L.LightningDataModule):
         self.setup()
         epoch, done = resume_position(self.trainer)
         rank, world = self._rank()
-        ds = WalkContextDataset(self.train_split, self.cfg, self.seed, stream=1, walks_per_node=self.cfg.walks_per_node, shuffle=True)
+        ds = WalkContextDataset(self.train_split, self.cfg, self.seed, stream=TRAIN_STREAM, walks_per_node=self.cfg.walks_per_node, shuffle=True)
         return self._loader(ds, EpochBatchSampler(len(ds), epoch, done, rank, world))
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
         rank, world = self._rank()
         # one walk from every held-out node, the same walks and masks at every validation
-        ds = WalkContextDataset(self.val_split, self.cfg, self.seed, stream=2, walks_per_node=1, shuffle=True)
+        ds = WalkContextDataset(self.val_split, self.cfg, self.seed, stream=VAL_STREAM, walks_per_node=1, shuffle=True)
         return self._loader(ds, EpochBatchSampler(len(ds), 0, 0, rank, world, fixed_epoch=True))
