@@ -240,13 +240,16 @@ class FastaIndex(Sequence):
             else:
                 n = self._write_arrays(tmp, self.path, kind, self._bgzf_blocks() if kind == "bgzf" else None)
             (tmp / "meta.json").write_text(json.dumps({**meta, "n": n}))
-            self._install(tmp)
+            self._install(tmp, meta)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _install(self, tmp: Path) -> None:
+    def _install(self, tmp: Path, want: dict) -> None:
         """Move a finished build into place; a concurrent builder (another rank) may have won."""
+        meta = self._read_meta(self.dir)
+        if meta is not None and all(meta.get(k) == v for k, v in want.items()):
+            return  # an identical index appeared while this one was built: keep it, drop ours
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
         try:

@@ -184,3 +184,19 @@ def test_shared_dscript_fasta(tmp_path: Path):
     for i, rec in enumerate(iter_fasta(p)):
         if i % 97 == 0:
             assert idx[i] == rec and idx.lengths[i] == len(rec.sequence.rstrip("*"))
+
+
+def _index_len(args) -> tuple[int, str]:
+    path, cache = args
+    idx = FastaIndex(path, cache_dir=cache)
+    return len(idx), idx[len(idx) // 2].sequence
+
+
+def test_concurrent_builders_agree(tmp_path: Path):
+    """Ranks that index the same file at once (no prepare_data barrier) all get a valid index."""
+    import multiprocessing as mp
+
+    p = write(tmp_path / "x.fa", fasta_text(RECORDS * 3000))
+    with mp.get_context("fork").Pool(3) as pool:
+        results = pool.map(_index_len, [(p, tmp_path / "c")] * 3)
+    assert results == [(len(RECORDS) * 3000, RECORDS[0].sequence)] * 3
