@@ -92,7 +92,6 @@ def test_epochs_differ_and_runs_repeat(fasta: Path):
     assert [fingerprint(x) for x in a.train_dataloader()] != e0
 
 
-@pytest.mark.slow
 def test_batches_do_not_depend_on_num_workers(fasta: Path):
     plain = [fingerprint(b) for b in FastaDataModule(cfg(fasta), seed=2).train_dataloader()]
     workers = [fingerprint(b) for b in FastaDataModule(cfg(fasta, num_workers=2), seed=2).train_dataloader()]
@@ -206,7 +205,6 @@ def _fit(dm_cfg: FastaDataConfig, max_steps: int, ckpt_dir: Path | None = None, 
     return module.seen
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_lightning_resume_continues_the_same_batches(fasta: Path, tmp_path: Path):
     c = cfg(fasta, max_tokens=4096, max_length=256)
