@@ -84,9 +84,11 @@ def test_csr_invariants():
         order = getattr(layout, f"{prefix}_order").long()
         assert torch.equal(torch.sort(order).values, torch.arange(2 * n_rows))
         assert bool((counts[order][1:] <= counts[order][:-1]).all())
-    assert layout.pid.dtype == torch.int32 and int(layout.pid.max()) == 10  # padding -> P
-    assert layout.allowed.dtype == torch.uint8 and layout.allowed.shape == (2, 11, 11)
-    assert int(layout.allowed[:, 10].sum() + layout.allowed[:, :, 10].sum()) == 0
+    assert layout.kernel_pid.dtype == torch.int32 and int(layout.kernel_pid.max()) == 10  # padding -> P
+    assert torch.equal(layout.kernel_pid.long(), torch.where(pid < 0, 10, pid))
+    assert layout.kernel_allowed.dtype == torch.uint8 and layout.kernel_allowed.shape == (2, 11, 11)
+    assert int(layout.kernel_allowed[:, 10].sum() + layout.kernel_allowed[:, :, 10].sum()) == 0
+    assert torch.equal(layout.pid, pid) and layout.allowed.shape == (2, 10, 10)
 
 
 def test_shared_allowed_and_to():

@@ -61,7 +61,7 @@ def triton_fwd(q, k, v, layout: BlockLayout, scale: float) -> tuple[torch.Tensor
     lse = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     fwd.block_sparse_attn_fwd_kernel[(B * layout.num_q_blocks, H)](
         q, k, v, out, lse,
-        layout.pid, layout.allowed, layout.q_ptr, layout.q_idx, layout.q_full_ptr, layout.q_full_idx, layout.q_order,
+        layout.kernel_pid, layout.kernel_allowed, layout.q_ptr, layout.q_idx, layout.q_full_ptr, layout.q_full_idx, layout.q_order,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -98,7 +98,7 @@ def triton_bwd(do, q, k, v, out, lse, layout: BlockLayout, scale: float):
     )
     bwd.block_sparse_attn_bwd_dkdv_kernel[(B * layout.num_k_blocks, H)](
         q, k, v, do, lse, delta, dk, dv,
-        layout.pid, layout.allowed, layout.k_ptr, layout.k_idx, layout.k_full_ptr, layout.k_full_idx, layout.k_order,
+        layout.kernel_pid, layout.kernel_allowed, layout.k_ptr, layout.k_idx, layout.k_full_ptr, layout.k_full_idx, layout.k_order,
         *strides,
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
@@ -107,7 +107,7 @@ def triton_bwd(do, q, k, v, out, lse, layout: BlockLayout, scale: float):
     )
     bwd.block_sparse_attn_bwd_dq_kernel[(B * layout.num_q_blocks, H)](
         q, k, v, do, lse, delta, dq,
-        layout.pid, layout.allowed, layout.q_ptr, layout.q_idx, layout.q_full_ptr, layout.q_full_idx, layout.q_order,
+        layout.kernel_pid, layout.kernel_allowed, layout.q_ptr, layout.q_idx, layout.q_full_ptr, layout.q_full_idx, layout.q_order,
         *strides,
         dq.stride(0), dq.stride(1), dq.stride(2),
         H, L, layout.num_proteins + 1, layout.num_q_blocks, qk_scale, scale, fwd.l_bucket(L),

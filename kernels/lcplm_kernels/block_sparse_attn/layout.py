@@ -36,13 +36,17 @@ class BlockLayout:
     entries naming query blocks. ``q_order``/``k_order`` list the rows by decreasing tile count,
     so the heaviest rows are launched first. Index tensors are int32.
 
-    pid: (B, L) int32, padding mapped to P; allowed: (B, P+1, P+1) uint8, row and column P zero.
+    pid: (B, L) long and allowed: (B, P, P) bool are the inputs, as given (-1 for padding).
+    kernel_pid: (B, L) int32 with padding mapped to P, and kernel_allowed: (B, P+1, P+1) uint8
+    whose row and column P are zero, are what the kernels read for partial tiles.
     """
 
     block_m: int
     block_n: int
     pid: torch.Tensor
     allowed: torch.Tensor
+    kernel_pid: torch.Tensor
+    kernel_allowed: torch.Tensor
     q_ptr: torch.Tensor
     q_idx: torch.Tensor
     q_full_ptr: torch.Tensor
@@ -64,7 +68,7 @@ class BlockLayout:
 
     @property
     def num_proteins(self) -> int:
-        return self.allowed.shape[-1] - 1
+        return self.allowed.shape[-1]
 
     @property
     def num_q_blocks(self) -> int:
@@ -262,8 +266,10 @@ def build_layout(pid: torch.Tensor, allowed: torch.Tensor, block_m: int = 64, bl
     return BlockLayout(
         block_m=block_m,
         block_n=block_n,
-        pid=pid_ext.to(torch.int32).contiguous(),
-        allowed=allowed_ext.to(torch.uint8).contiguous(),
+        pid=pid.long(),
+        allowed=allowed,
+        kernel_pid=pid_ext.to(torch.int32).contiguous(),
+        kernel_allowed=allowed_ext.to(torch.uint8).contiguous(),
         **{f"q_{n}": t for n, t in zip(names, q_csr)},
         **{f"k_{n}": t for n, t in zip(names, k_csr)},
     )

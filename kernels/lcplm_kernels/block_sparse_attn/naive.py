@@ -93,12 +93,12 @@ class _Blocked:
         B, L, P = layout.batch_size, layout.seqlen, layout.num_proteins
         dev = layout.device
         self.pid_q = torch.full((B, self.nq * self.bm), P, dtype=torch.long, device=dev)
-        self.pid_q[:, :L] = layout.pid
+        self.pid_q[:, :L] = layout.kernel_pid
         self.pid_q = self.pid_q.view(B, self.nq, self.bm)
         self.pid_k = torch.full((B, self.nk * self.bn), P, dtype=torch.long, device=dev)
-        self.pid_k[:, :L] = layout.pid
+        self.pid_k[:, :L] = layout.kernel_pid
         self.pid_k = self.pid_k.view(B, self.nk, self.bn)
-        self.allowed = layout.allowed.bool()
+        self.allowed = layout.kernel_allowed.bool()
         # each query row's key blocks, partial and full together (the mask comes from pid)
         ptr, fptr = layout.q_ptr.long(), layout.q_full_ptr.long()
         self.n_part, self.n_full = ptr[1:] - ptr[:-1], fptr[1:] - fptr[:-1]
