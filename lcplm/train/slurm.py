@@ -212,7 +212,7 @@ class PreemptionCallback(Callback):
 
     # -- save, requeue, exit --------------------------------------------------------------
     def _save_and_exit(self, trainer: Any, signum: int) -> None:
-        trainer.save_checkpoint(str(self.last_ckpt))
+        trainer.save_checkpoint(str(self.last_ckpt), weights_only=False)  # full state: resumable
         self._saved = True
         msg = ""
         if trainer.is_global_zero:
@@ -236,11 +236,14 @@ class PreemptionCallback(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and not self._saved:
-            trainer.save_checkpoint(str(self.last_ckpt))
+            trainer.save_checkpoint(str(self.last_ckpt), weights_only=False)  # full state: resumable
             self._saved = True
             if trainer.is_global_zero:
                 print(
-                    f"lcplm: received SIGTERM: saved {self.last_ckpt} at step {trainer.global_step}",
+                    f"lcplm: received SIGTERM: saved {self.last_ckpt} at step {trainer.global_step}; not requeued",
                     file=sys.stderr,
                     flush=True,
                 )
+            # Lightning re-raises this exception (a SystemExit without a status): exit 143 as
+            # from the batch-end path, not 0, so a killed run never looks like a finished one
+            exception.code = 128 + int(signal.SIGTERM)

@@ -5,8 +5,8 @@
 
 - ``auto`` / one device: :class:`PlannedSingleDeviceStrategy`;
 - ``ddp``: :class:`PlannedDDPStrategy` (gloo on CPU, NCCL on GPU);
-- ``fsdp``: Lightning's ``FSDPStrategy`` (FSDP1, GPU only), wrapping and checkpointing
-  per block (``auto_wrap_policy`` / ``activation_checkpointing_policy``);
+- ``fsdp``: :class:`PlannedFSDPStrategy`, Lightning's ``FSDPStrategy`` (FSDP1, GPU only),
+  wrapping and checkpointing per block (``auto_wrap_policy`` / ``activation_checkpointing_policy``);
 - ``fsdp2``: :class:`FSDP2Strategy`, Lightning's ``ModelParallelStrategy`` with
   ``fully_shard`` per block and on the root (runs on CPU with gloo too).
 
@@ -191,6 +191,27 @@ class PlannedDDPStrategy(DDPStrategy):
         _checkpoint_blocks(_network(task), self.plan)
 
 
+class PlannedFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP (FSDP1): wrapping and checkpointing come from its policies.
+
+    ``parallelize`` runs before FSDP1 flattens the parameters into 1-D shard views and records
+    each parameter's true ``ndim``, which the optimizer's weight-decay grouping reads.
+    """
+
+    def __init__(self, plan: ParallelPlan, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        _start_parent_watchdog(self)
+
+    def parallelize(self, task: nn.Module) -> None:
+        for p in _network(task).parameters():
+            if not hasattr(p, "_orig_ndim"):
+                p._orig_ndim = p.ndim
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """FSDP2 (``fully_shard``) over all ranks: one data-parallel mesh dimension, no TP.
 
@@ -296,7 +317,8 @@ def build_strategy(trainer_cfg: Any, model: Any) -> tuple[Any, list[Any]]:
             raise UserError("trainer.strategy=fsdp (FSDP1) needs GPUs; use trainer.strategy=fsdp2 on CPU")
         blocks = set(plan.blocks)
         return (
-            FSDPStrategy(
+            PlannedFSDPStrategy(
+                plan,
                 auto_wrap_policy=blocks,
                 activation_checkpointing_policy=blocks if plan.activation_checkpointing else None,
                 sharding_strategy="FULL_SHARD",

@@ -71,3 +71,100 @@ def test_checkpoint_io_loads_weights_only(tmp_path: Path):
     torch.save({"state_dict": {}, "obj": _NotATensor()}, tmp_path / "unsafe.ckpt")
     with pytest.raises(pickle.UnpicklingError):
         io.load_checkpoint(tmp_path / "unsafe.ckpt")
+
+
+# -- training runs (the production path: lcplm.train.run.train) -------------------------
+
+def _records(prefix: Path, rank: int = 0) -> dict[int, float]:
+    """Optimizer step (after the micro-batch) -> loss, for one rank."""
+    path = Path(f"{prefix}.rank{rank}.jsonl")
+    return {json.loads(line)["step"]: json.loads(line)["loss"] for line in path.read_text().splitlines()}
+
+
+def _long_epoch_experiment(tmp_path: Path, **kw) -> Path:
+    from train_helpers import write_fasta
+
+    write_fasta(tmp_path / "train.fasta", n=240)  # ~25 batches per epoch: step 4 is mid-epoch
+    return write_experiment(tmp_path, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_continues_the_same_loss_curve(tmp_path: Path):
+    exp = _long_epoch_experiment(tmp_path)
+    r = run_worker([str(exp), "--record", str(tmp_path / "full"), "run.name=full"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = _records(tmp_path / "full")
+    assert sorted(full) == [1, 2, 3, 4, 5, 6]
+    # killed without warning after step 5; last.ckpt is from step 3
+    r = run_worker([str(exp), "--record", str(tmp_path / "killed"), "run.name=killed", "--fault", "sigkill", "--at", "5"])
+    assert r.returncode == -signal.SIGKILL
+    last = tmp_path / "runs" / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    r = run_worker([str(exp), "--record", str(tmp_path / "resumed"), "run.name=killed", "run.resume=true"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = _records(tmp_path / "resumed")
+    assert sorted(resumed) == [4, 5, 6]
+    # same batches, same masks, same optimizer and scheduler state: the same numbers
+    for step, loss in resumed.items():
+        assert loss == full[step], (step, loss, full[step])
+    res_full = json.loads((tmp_path / "runs" / "full" / "results.json").read_text())
+    res_resumed = json.loads((tmp_path / "runs" / "killed" / "results.json").read_text())
+    assert res_resumed["val_loss"] == res_full["val_loss"] and res_resumed["global_step"] == 6
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path):
+    exp = write_experiment(tmp_path)
+    r = run_worker([str(exp), "--fault", "nan", "--at", "4"])
+    assert r.returncode != 0
+    assert "FloatingPointError: training loss is nan at global step 4" in r.stderr
+    from lcplm.train.checkpoint import load_model
+
+    last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    model, _ = load_model(last)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_checkpoint_and_resume_finishes(tmp_path: Path):
+    exp = _long_epoch_experiment(tmp_path)
+    r = run_worker([str(exp), "--record", str(tmp_path / "a"), "--fault", "sigterm", "--at", "1"])
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    assert "received SIGTERM: saved" in r.stderr and "not requeued" in r.stderr
+    # the signal came after the preemption callback's check of step 1: Lightning stops before
+    # step 2 and the callback saves from on_exception
+    last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 1
+    assert not (tmp_path / "runs" / "run" / "results.json").exists()
+    r = run_worker([str(exp), "--record", str(tmp_path / "b"), "run.resume=true"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(_records(tmp_path / "b")) == [2, 3, 4, 5, 6]
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dead_rank", [1, 0])
+def test_a_dead_ddp_rank_ends_the_job_instead_of_hanging(dead_rank: int, tmp_path: Path):
+    exp = _long_epoch_experiment(tmp_path, trainer_preset="ddp_cpu.yaml")
+    fault = "exit" if dead_rank == 1 else "sigkill"
+    t0 = time.monotonic()
+    r = run_worker([str(exp), "--record", str(tmp_path / "r"), "--fault", fault, "--at", "2", "--rank", str(dead_rank),
+                    "trainer.max_steps=1000"], timeout=240)
+    assert r.returncode != 0
+    # rank 1 dying: Lightning's launcher ends rank 0 within its 5 s poll; rank 0 dying: rank 1
+    # notices its parent is gone within 1 s. Either is far below the collective timeout.
+    other = 1 - dead_rank
+    assert _wait_gone(int(Path(f"{tmp_path / 'r'}.pid{other}").read_text()), 30), "surviving rank still running"
+    assert time.monotonic() - t0 < 150
+    steps = _records(tmp_path / "r", other)
+    assert max(steps) < 50  # it stopped soon after the fault, far from max_steps

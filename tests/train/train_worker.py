@@ -35,7 +35,7 @@ def golden_micro_batch(index: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + index)
     lengths = torch.randint(8, MAX_LEN + 1, (BATCH,), generator=g)
     lengths[0] = MAX_LEN
-    aa = torch.tensor(tokenizer.STANDARD_AA_IDS)
+    aa = torch.as_tensor(tokenizer.STANDARD_AA_IDS)
     ids = torch.full((BATCH, MAX_LEN), tokenizer.PAD, dtype=torch.long)
     labels = torch.full((BATCH, MAX_LEN), -100, dtype=torch.long)
     for b, n in enumerate(lengths.tolist()):
@@ -127,7 +127,7 @@ def main() -> int:
     p.add_argument("--fault", choices=["sigkill", "exit", "sigusr1", "sigterm", "nan"])
     p.add_argument("--at", type=int, default=-1)
     p.add_argument("--rank", type=int, default=0)
-    ns = p.parse_args()
+    ns = p.parse_intermixed_args()
     cfg: PretrainConfig = load_config(ns.experiment, ns.overrides)
     callbacks: list[Callback] = []
     if ns.record:
