@@ -21,7 +21,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if isinstance(module, nn.Embedding):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
     for name, p in model.named_parameters():
-        if p.ndim < 2 or name.endswith("A_log") or getattr(p, "_no_weight_decay", False):
+        # FSDP1 turns parameters into 1-D shard views; lcplm.train.strategies records their ndim first
+        if getattr(p, "_orig_ndim", p.ndim) < 2 or name.endswith("A_log") or getattr(p, "_no_weight_decay", False):
             no_decay_ids.add(id(p))
     decay, no_decay, seen = [], [], set()
     for p in model.parameters():
