@@ -84,111 +84,123 @@ def naive_block_mask(
 
 
 class _Blocked:
-    """q/k/v padded to whole blocks and viewed per block, plus the chunking of query rows."""
+    """q/k/v cut into blocks, head-major, and the chunking of query rows into gathered tiles.
 
-    def __init__(self, layout: BlockLayout, H: int, D: int):
+    Head-major block views (H, B * n_blocks, block, D) make every gather an ``index_select``
+    along dim 1 that lands directly in the (H, R, ...) shape the batched matmuls want.
+    """
+
+    def __init__(self, layout: BlockLayout, H: int):
         self.layout = layout
         self.bm, self.bn = layout.block_m, layout.block_n
         self.nq, self.nk = layout.num_q_blocks, layout.num_k_blocks
         B, L, P = layout.batch_size, layout.seqlen, layout.num_proteins
+        self.B, self.L, self.H, self.P1 = B, L, H, P + 1
         dev = layout.device
-        self.pid_q = torch.full((B, self.nq * self.bm), P, dtype=torch.long, device=dev)
-        self.pid_q[:, :L] = layout.kernel_pid
-        self.pid_q = self.pid_q.view(B, self.nq, self.bm)
-        self.pid_k = torch.full((B, self.nk * self.bn), P, dtype=torch.long, device=dev)
-        self.pid_k[:, :L] = layout.kernel_pid
-        self.pid_k = self.pid_k.view(B, self.nk, self.bn)
-        self.allowed = layout.kernel_allowed.bool()
-        # each query row's key blocks, partial and full together (the mask comes from pid)
-        ptr, fptr = layout.q_ptr.long(), layout.q_full_ptr.long()
-        self.n_part, self.n_full = ptr[1:] - ptr[:-1], fptr[1:] - fptr[:-1]
-        self.ptr, self.fptr = ptr, fptr
-        self.H, self.D = H, D
+        pid = torch.full((B, max(self.nq * self.bm, self.nk * self.bn)), P, dtype=torch.long, device=dev)
+        pid[:, :L] = layout.kernel_pid
+        self.pid_q = pid[:, : self.nq * self.bm].reshape(B * self.nq, self.bm)
+        self.pid_k = pid[:, : self.nk * self.bn].reshape(B * self.nk, self.bn)
+        self.allowed = layout.kernel_allowed.bool().reshape(-1)
+        self.ptr, self.fptr = layout.q_ptr.long(), layout.q_full_ptr.long()
+        self.n_part, self.n_full = self.ptr[1:] - self.ptr[:-1], self.fptr[1:] - self.fptr[:-1]
 
-    def pad_q(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, L, D) -> (B, H, nq, bm, D) fp32."""
+    def blocks(self, x: torch.Tensor, block: int, n_blocks: int) -> torch.Tensor:
+        """(B, H, L, D) -> (H, B * n_blocks, block, D) fp32, zero-padded past L."""
         B, H, L, D = x.shape
-        out = x.new_zeros(B, H, self.nq * self.bm, D, dtype=torch.float32)
-        out[:, :, :L] = x
-        return out.view(B, H, self.nq, self.bm, D)
+        out = x.new_zeros(H, B, n_blocks * block, D, dtype=torch.float32)
+        out[:, :, :L] = x.transpose(0, 1)
+        return out.view(H, B * n_blocks, block, D)
 
-    def pad_k(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, L, D) -> (B, H, nk, bn, D) fp32."""
-        B, H, L, D = x.shape
-        out = x.new_zeros(B, H, self.nk * self.bn, D, dtype=torch.float32)
-        out[:, :, :L] = x
-        return out.view(B, H, self.nk, self.bn, D)
+    def unblock(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, B * n_blocks, block, D) -> (B, H, L, D)."""
+        H, _, _, D = x.shape
+        return x.reshape(H, self.B, -1, D)[:, :, : self.L].transpose(0, 1)
 
     def chunks(self):
-        """Yield (rows (R,), key blocks (R, c), valid (R, c)) over query rows with any tile.
+        """Yield one chunk of query rows at a time, as a dict of index tensors.
 
-        Rows come in the layout's order (decreasing tile count), so padding each chunk to its
-        first row's count wastes little; a chunk holds about _CHUNK_ELEMS scores.
+        Rows come in the layout's order (decreasing tile count) so that padding a chunk to
+        its widest row wastes little; a chunk holds about _CHUNK_ELEMS scores. Each row's
+        partial tiles are padded to ``cp`` and its full tiles to ``cf`` entries.
         """
         order = self.layout.q_order.long()
-        counts = (self.n_part + self.n_full)[order]
-        order, counts = order[counts > 0], counts[counts > 0]
+        total = self.n_part + self.n_full
+        order = order[total[order] > 0]
         per_tile = self.H * self.bm * self.bn
         start = 0
         while start < order.numel():
-            c = int(counts[start])
-            n_rows = max(1, _CHUNK_ELEMS // (c * per_tile))
+            n_rows = max(1, _CHUNK_ELEMS // (int(total[order[start]]) * per_tile))
             rows = order[start : start + n_rows]
             start += rows.numel()
-            j = torch.arange(c, device=rows.device)
-            npart, nfull = self.n_part[rows, None], self.n_full[rows, None]
-            in_part = j < npart
-            pos_part = (self.ptr[rows, None] + j).clamp(max=max(self.layout.q_idx.numel() - 1, 0))
-            pos_full = (self.fptr[rows, None] + j - npart).clamp(0, max(self.layout.q_full_idx.numel() - 1, 0))
-            kb = torch.where(
-                in_part,
-                _take(self.layout.q_idx, pos_part),
-                _take(self.layout.q_full_idx, pos_full),
-            )
-            yield rows, kb, j < npart + nfull
+            npart, nfull = self.n_part[rows], self.n_full[rows]
+            cp, cf = int(npart.max()), int(nfull.max())
+            jp = torch.arange(cp, device=rows.device)
+            jf = torch.arange(cf, device=rows.device)
+            part_ok = jp < npart[:, None]
+            full_ok = jf < nfull[:, None]
+            b = torch.div(rows, self.nq, rounding_mode="floor")
+            kb_part = _take(self.layout.q_idx, self.ptr[rows, None] + jp, part_ok)
+            kb_full = _take(self.layout.q_full_idx, self.fptr[rows, None] + jf, full_ok)
+            yield {
+                "rows": rows,
+                "b": b,
+                "krows": b[:, None] * self.nk + torch.cat([kb_part, kb_full], dim=1),
+                "part_ok": part_ok,
+                "full_ok": full_ok,
+            }
 
-    def tiles(self, rows, kb, valid, qp, kp, vp):
-        """Gather one chunk: q (R,H,bm,D), k and v (R,H,c*bn,D), mask (R,1,bm,c*bn)."""
-        b = torch.div(rows, self.nq, rounding_mode="floor")
-        qb = rows - b * self.nq
-        R, c = kb.shape
-        q = qp[b, :, qb]
-        k = kp[b[:, None], :, kb].permute(0, 2, 1, 3, 4).reshape(R, self.H, c * self.bn, self.D)
-        v = vp[b[:, None], :, kb].permute(0, 2, 1, 3, 4).reshape(R, self.H, c * self.bn, self.D)
-        P = self.layout.num_proteins
-        pq = self.pid_q[b, qb]
-        pk = torch.where(valid[:, :, None], self.pid_k[b[:, None], kb], P).reshape(R, c * self.bn)
-        mask = self.allowed[b[:, None, None], pq[:, :, None], pk[:, None, :]]
-        return b, qb, q, k, v, mask[:, None]
+    def mask(self, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token mask of the partial tiles (R, bm, cp*bn) and entry mask of the full ones (R, cf)."""
+        R, cp = c["part_ok"].shape
+        pq = self.pid_q[c["rows"]]
+        pk = self.pid_k[c["krows"][:, :cp]]
+        pk = torch.where(c["part_ok"][:, :, None], pk, self.P1 - 1).reshape(R, cp * self.bn)
+        base = (c["b"][:, None] * self.P1 + pq) * self.P1
+        return self.allowed[base[:, :, None] + pk[:, None, :]], c["full_ok"]
+
+    def scores(self, c: dict, qp, kp, scale: float):
+        """q tile (H, R, bm, D), gathered k (H, R, c*bn, D) and masked scores (H, R, bm, c*bn)."""
+        R, cc = c["krows"].shape
+        qt = qp.index_select(1, c["rows"])
+        kt = kp.index_select(1, c["krows"].reshape(-1)).view(self.H, R, cc * self.bn, -1)
+        s = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale)
+        part_mask, full_ok = self.mask(c)
+        cp = c["part_ok"].shape[1] * self.bn
+        s[..., :cp].masked_fill_(~part_mask, float("-inf"))
+        s[..., cp:].view(self.H, R, self.bm, -1, self.bn).masked_fill_(~full_ok[:, None, :, None], float("-inf"))
+        return qt, kt, s
 
 
-def _take(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """values[pos] as long, or zeros when values is empty (pos is then fully masked)."""
+def _take(values: torch.Tensor, pos: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """values[pos] as long where ok, 0 elsewhere (padding entries, masked out later)."""
     if values.numel() == 0:
         return torch.zeros_like(pos)
-    return values.long()[pos]
+    return torch.where(ok, values.long()[pos.clamp(max=values.numel() - 1)], 0)
 
 
 class _BlockwiseAttn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout: BlockLayout, scale: float):
-        B, H, L, D = q.shape
-        blk = _Blocked(layout, H, D)
-        qp, kp, vp = blk.pad_q(q), blk.pad_k(k), blk.pad_k(v)
+        blk = _Blocked(layout, q.shape[1])
+        qp = blk.blocks(q, blk.bm, blk.nq)
+        kp, vp = blk.blocks(k, blk.bn, blk.nk), blk.blocks(v, blk.bn, blk.nk)
         out = torch.zeros_like(qp)
         # +inf log-sum-exp marks rows with no allowed key: exp(s - lse) = 0 in the backward
         lse = torch.full(qp.shape[:-1], float("inf"), device=q.device)
-        for rows, kb, valid in blk.chunks():
-            b, qb, qt, kt, vt, mask = blk.tiles(rows, kb, valid, qp, kp, vp)
-            s = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale).masked_fill_(~mask, float("-inf"))
+        for c in blk.chunks():
+            R, cc = c["krows"].shape
+            _, _, s = blk.scores(c, qp, kp, scale)
             m = s.amax(dim=-1, keepdim=True)
             m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-            p = torch.exp(s - m)
+            p = torch.exp(s.sub_(m))
             denom = p.sum(dim=-1, keepdim=True)
-            out[b, :, qb] = torch.matmul(p, vt) / torch.where(denom == 0, torch.ones_like(denom), denom)
-            lse[b, :, qb] = torch.where(denom == 0, float("inf"), m + torch.log(denom)).squeeze(-1)
-        out = out.view(B, H, -1, D)[:, :, :L]
+            vt = vp.index_select(1, c["krows"].reshape(-1)).view(blk.H, R, cc * blk.bn, -1)
+            o = torch.matmul(p, vt).div_(torch.where(denom == 0, torch.ones_like(denom), denom))
+            out.index_copy_(1, c["rows"], o)
+            lse.index_copy_(1, c["rows"], torch.where(denom == 0, float("inf"), m + torch.log(denom)).squeeze(-1))
         # keep the fp32 output: delta = rowsum(dO * O) from a bf16-rounded O would cost accuracy
+        out = blk.unblock(out)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.layout, ctx.scale = layout, scale
         return out.to(q.dtype)
@@ -197,33 +209,24 @@ class _BlockwiseAttn(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         layout, scale = ctx.layout, ctx.scale
-        B, H, L, D = q.shape
-        blk = _Blocked(layout, H, D)
-        qp, kp, vp, dop = blk.pad_q(q), blk.pad_k(k), blk.pad_k(v), blk.pad_q(dout)
-        delta = (dop * blk.pad_q(out)).sum(-1)
+        blk = _Blocked(layout, q.shape[1])
+        qp, dop = blk.blocks(q, blk.bm, blk.nq), blk.blocks(dout, blk.bm, blk.nq)
+        kp, vp = blk.blocks(k, blk.bn, blk.nk), blk.blocks(v, blk.bn, blk.nk)
+        delta = (dop * blk.blocks(out, blk.bm, blk.nq)).sum(-1)
         dq = torch.zeros_like(qp)
-        dk = torch.zeros(B * blk.nk, H, blk.bn, D, device=q.device)
-        dv = torch.zeros_like(dk)
-        for rows, kb, valid in blk.chunks():
-            b, qb, qt, kt, vt, mask = blk.tiles(rows, kb, valid, qp, kp, vp)
-            R, c = kb.shape
-            s = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale)
-            p = torch.exp(s - lse[b, :, qb, :, None]).masked_fill_(~mask, 0.0)
-            do = dop[b, :, qb]
-            dp = torch.matmul(do, vt.transpose(-1, -2))
-            ds = p * (dp - delta[b, :, qb, :, None])
-            dq[b, :, qb] = torch.matmul(ds, kt) * scale
-            dk_t = (torch.matmul(ds.transpose(-1, -2), qt) * scale).view(R, H, c, blk.bn, D)
-            dv_t = torch.matmul(p.transpose(-1, -2), do).view(R, H, c, blk.bn, D)
-            target = (b[:, None] * blk.nk + kb).reshape(-1)
-            dk.index_add_(0, target, dk_t.permute(0, 2, 1, 3, 4).reshape(R * c, H, blk.bn, D))
-            dv.index_add_(0, target, dv_t.permute(0, 2, 1, 3, 4).reshape(R * c, H, blk.bn, D))
-
-        def unpad_k(x):
-            return x.view(B, blk.nk, H, blk.bn, D).permute(0, 2, 1, 3, 4).reshape(B, H, -1, D)[:, :, :L]
-
-        dq = dq.view(B, H, -1, D)[:, :, :L]
-        return dq.to(q.dtype), unpad_k(dk).to(k.dtype), unpad_k(dv).to(v.dtype), None, None
+        dk, dv = torch.zeros_like(kp), torch.zeros_like(vp)
+        for c in blk.chunks():
+            R, cc = c["krows"].shape
+            qt, kt, s = blk.scores(c, qp, kp, scale)
+            p = torch.exp(s.sub_(lse.index_select(1, c["rows"])[..., None]))
+            do = dop.index_select(1, c["rows"])
+            vt = vp.index_select(1, c["krows"].reshape(-1)).view(blk.H, R, cc * blk.bn, -1)
+            ds = torch.matmul(do, vt.transpose(-1, -2)).sub_(delta.index_select(1, c["rows"])[..., None]).mul_(p)
+            dq.index_copy_(1, c["rows"], torch.matmul(ds, kt).mul_(scale))
+            target = c["krows"].reshape(-1)
+            dk.index_add_(1, target, torch.matmul(ds.transpose(-1, -2), qt).mul_(scale).view(blk.H, R * cc, blk.bn, -1))
+            dv.index_add_(1, target, torch.matmul(p.transpose(-1, -2), do).view(blk.H, R * cc, blk.bn, -1))
+        return blk.unblock(dq).to(q.dtype), blk.unblock(dk).to(k.dtype), blk.unblock(dv).to(v.dtype), None, None
 
 
 def blockwise_block_sparse_attn(
