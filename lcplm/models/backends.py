@@ -1,0 +1,184 @@
+"""Compute backends: the only module that imports mamba_ssm, causal_conv1d or lcplm_kernels.
+
+Optional compiled dependencies are imported lazily, on first use, so a machine without them
+imports lcplm fine; asking for one explicitly (``backend="cuda"``) when it is missing is a
+:class:`~lcplm.errors.UserError` with the install hint. ``"auto"`` never fails: it picks the
+compiled kernel when it is importable and the tensors are on a GPU, else the pure-PyTorch path.
+
+Sections: the selective scan and causal depthwise conv of BiMamba-S (below), then the
+block-sparse attention dispatch of the genome transformer (its own section, at the end).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lcplm.errors import UserError
+from lcplm.models import ssm
+
+GPU_INSTALL_HINT = "install the GPU extras on a CUDA machine: pip install -e .[gpu]"
+
+# ======================================================================================
+# Selective scan and causal depthwise conv (BiMamba-S)
+# ======================================================================================
+
+SCAN_BACKENDS = ("auto", "chunked", "reference", "cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def _optional_import(module: str, attr: str) -> Optional[Callable]:
+    """``module.attr`` or None when the module (or its compiled extension) cannot load."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except Exception:  # ImportError, or OSError/RuntimeError from a broken CUDA extension
+        return None
+
+
+def mamba_scan_fn() -> Optional[Callable]:
+    """mamba-ssm's CUDA ``selective_scan_fn``, or None when mamba-ssm is not importable."""
+    return _optional_import("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
+
+
+def causal_conv1d_fn() -> Optional[Callable]:
+    """The causal-conv1d package's CUDA ``causal_conv1d_fn``, or None."""
+    return _optional_import("causal_conv1d", "causal_conv1d_fn")
+
+
+def resolve_scan_backend(backend: str, device: torch.device) -> str:
+    """The backend a scan on ``device`` runs with: ``auto`` becomes ``cuda`` or ``chunked``."""
+    if backend not in SCAN_BACKENDS:
+        raise UserError(f"scan backend must be one of {list(SCAN_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return "cuda" if device.type == "cuda" and mamba_scan_fn() is not None else "chunked"
+    if backend == "cuda":
+        if mamba_scan_fn() is None:
+            raise UserError(f"scan backend 'cuda' needs mamba-ssm, which is not importable: {GPU_INSTALL_HINT}")
+        if device.type != "cuda":
+            raise UserError(f"scan backend 'cuda' needs CUDA tensors, got tensors on {device}")
+    return backend
+
+
+def _unpack(x: Tensor, index: Tensor) -> Tensor:
+    """Packed (1, X, T) -> padded (n, X, Lmax) through a (n, Lmax) gather index."""
+    return x[0][:, index].permute(1, 0, 2)
+
+
+def _pack(x: Tensor, seg: Tensor, pos: Tensor) -> Tensor:
+    """Padded (n, X, Lmax) -> packed (1, X, T): token t is row seg[t], column pos[t]."""
+    return x[seg, :, pos].t()[None]
+
+
+def _packed_index(cu_seqlens: Tensor, total: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gather index (n, Lmax) for unpacking, and each packed token's (segment, position)."""
+    cu = cu_seqlens.long()
+    lens = cu[1:] - cu[:-1]
+    lmax = max(int(lens.max()), 1)
+    ar = torch.arange(lmax, device=cu.device)
+    # positions past a sequence's end repeat its last token; they sit after the real tokens,
+    # so the causal scan never lets them reach a real position
+    index = (cu[:-1, None] + torch.minimum(ar, (lens - 1).clamp(min=0)[:, None])).clamp(max=max(total - 1, 0))
+    seg = torch.repeat_interleave(torch.arange(lens.numel(), device=cu.device), lens)
+    pos = torch.arange(total, device=cu.device) - cu[:-1][seg]
+    return index, seg, pos
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    cu_seqlens: Optional[Tensor] = None,
+    backend: str = "auto",
+    chunk_size: Optional[int] = None,
+):
+    """Mamba-1 selective scan (mamba-ssm's ``selective_scan_fn`` semantics) on any backend.
+
+    u, delta, z: (B, D, L); A: (D, N) real; B, C: (B, N, L); D, delta_bias: (D,).
+    cu_seqlens: (n+1,) int32 for a packed batch (B == 1): the state resets at every sequence
+    start. Returns out (B, D, L) in u's dtype, plus the last state (B, D, N) if asked.
+
+    backend: ``reference`` (sequential, for tests), ``chunked`` (pure PyTorch, CPU default),
+    ``cuda`` (mamba-ssm's kernel), ``auto`` (cuda when importable on CUDA tensors, else
+    chunked). mamba-ssm's kernel has no segment resets: for a packed batch the cuda backend
+    unpacks the segments into a right-padded batch, scans it, and packs the result back.
+    """
+    backend = resolve_scan_backend(backend, u.device)
+    if backend == "reference":
+        return ssm.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens)
+    if backend == "chunked":
+        return ssm.selective_scan_chunked(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens, chunk_size
+        )
+    fn = mamba_scan_fn()
+    if cu_seqlens is None:
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if return_last_state:
+        raise ValueError("return_last_state is not supported with cu_seqlens")
+    if u.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs a packed batch of size 1, got batch {u.shape[0]}")
+    index, seg, pos = _packed_index(cu_seqlens, u.shape[-1])
+    out = fn(
+        _unpack(u, index).contiguous(),
+        _unpack(delta, index).contiguous(),
+        A,
+        _unpack(B, index).contiguous(),
+        _unpack(C, index).contiguous(),
+        D,
+        None if z is None else _unpack(z, index).contiguous(),
+        delta_bias,
+        delta_softplus,
+        False,
+    )
+    return _pack(out, seg, pos)
+
+
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    positions: Optional[Tensor] = None,
+    silu: bool = True,
+    backend: str = "auto",
+) -> Tensor:
+    """Causal depthwise conv1d (window of the current and K-1 previous steps), then SiLU.
+
+    x: (B, E, L); weight: (E, K); bias: (E,). positions: (B, L) or (L,) long, each token's
+    index within its own sequence, for packed batches: taps reaching before a sequence's
+    start read zeros, so no window crosses a boundary. Returns (B, E, L) in x's dtype.
+
+    On CUDA tensors without ``positions``, causal-conv1d's kernel runs when importable
+    (``backend`` auto or cuda, K <= 4); otherwise a sum of K shifted copies, the same arithmetic for
+    padded and packed batches.
+    """
+    k = weight.shape[1]
+    # the kernel supports windows of 2 to 4 steps
+    if x.is_cuda and positions is None and backend in ("auto", "cuda") and 2 <= k <= 4 and causal_conv1d_fn() is not None:
+        return causal_conv1d_fn()(x, weight, bias, activation="silu" if silu else None)
+    length = x.shape[-1]
+    w = weight.to(x.dtype)
+    out = x * w[:, k - 1, None]
+    for j in range(1, min(k, length)):
+        tap = F.pad(x[..., : length - j], (j, 0)) * w[:, k - 1 - j, None]
+        if positions is not None:
+            tap = tap * (positions >= j).to(x.dtype).unsqueeze(-2)
+        out = out + tap
+    if bias is not None:
+        out = out + bias.to(x.dtype)[:, None]
+    return F.silu(out) if silu else out
+
+
+# ======================================================================================
+# Block-sparse attention (genome transformer): the sparse-attention dispatch goes below.
+# ======================================================================================

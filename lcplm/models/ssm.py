@@ -1,0 +1,416 @@
+"""Mamba-1 selective scan in pure PyTorch: a sequential reference and a chunked fast path.
+
+Semantics are mamba-ssm's ``selective_scan_fn`` (real A, input-dependent B and C)::
+
+    delta <- softplus(delta + delta_bias)            (bias and softplus optional)
+    h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t     h: (B, D, N), h_{-1} = 0
+    y_t    = <C_t, h_t> + D * u_t
+    out_t  = y_t * silu(z_t)                         (gating optional)
+
+plus segment resets for packed sequences: at every sequence start given by ``cu_seqlens``
+the state restarts from zero, so no information crosses a sequence boundary.
+
+Shapes: u, delta, z ``(B, D, L)``; A ``(D, N)``; B, C ``(B, N, L)``; D, delta_bias ``(D,)``;
+out ``(B, D, L)`` in u's dtype; last state ``(B, D, N)`` fp32. All arithmetic is fp32.
+
+This module is pure PyTorch; the CUDA kernel dispatch lives in :mod:`lcplm.models.backends`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+
+def segment_starts(cu_seqlens: Tensor, length: int) -> Tensor:
+    """Bool mask ``(L,)``: True where a packed sequence starts (cu_seqlens[:-1])."""
+    cu = cu_seqlens.to(device="cpu", dtype=torch.long)
+    if cu.ndim != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != length:
+        raise ValueError(
+            f"cu_seqlens must be 1-D, start at 0 and end at the packed length {length}; got {cu.tolist()}"
+        )
+    if bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must be non-decreasing; got {cu.tolist()}")
+    starts = torch.zeros(length, dtype=torch.bool)
+    starts[cu[:-1][cu[:-1] < length]] = True
+    return starts.to(cu_seqlens.device)
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias, cu_seqlens):
+    if u.ndim != 3:
+        raise ValueError(f"u must be (B, D, L), got {tuple(u.shape)}")
+    bsz, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta {tuple(delta.shape)} must match u {tuple(u.shape)}")
+    if A.ndim != 2 or A.shape[0] != dim or A.is_complex():
+        raise ValueError(f"A must be real (D, N) with D={dim}, got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (bsz, n, length):
+            raise ValueError(f"{name} must be input-dependent (B, N, L) = {(bsz, n, length)}, got {tuple(t.shape)}")
+    if D is not None and D.shape != (dim,):
+        raise ValueError(f"D must be ({dim},), got {tuple(D.shape)}")
+    if delta_bias is not None and delta_bias.shape != (dim,):
+        raise ValueError(f"delta_bias must be ({dim},), got {tuple(delta_bias.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z {tuple(z.shape)} must match u {tuple(u.shape)}")
+    if cu_seqlens is not None and bsz != 1:
+        raise ValueError(f"cu_seqlens needs a packed batch of size 1, got batch {bsz}")
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    cu_seqlens: Optional[Tensor] = None,
+):
+    """Sequential fp32 reference (fp64 for fp64 inputs), one step at a time; autograd's backward.
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,);
+    cu_seqlens: (n+1,) int, packed batch (B == 1): the state resets at each sequence start.
+    Returns out (B, D, L) in u's dtype, and the state after the last step (B, D, N) if asked.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
+    dtype_in = u.dtype
+    ct = torch.float64 if dtype_in == torch.float64 else torch.float32  # fp64 in: an fp64 oracle
+    u, delta, A, B, C = u.to(ct), delta.to(ct), A.to(ct), B.to(ct), C.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    bsz, dim, length = u.shape
+    keep = None
+    if cu_seqlens is not None:
+        keep = (~segment_starts(cu_seqlens, length)).to(ct)
+    h = u.new_zeros(bsz, dim, A.shape[1])
+    ys = []
+    # unbind (not indexing) so that autograd's backward stays linear in L
+    steps = zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1))
+    for t, (dt, ut, bt, ctt) in enumerate(steps):
+        decay = torch.exp(dt[:, :, None] * A)  # (B, D, N)
+        if keep is not None:
+            decay = decay * keep[t]
+        h = decay * h + (dt * ut)[:, :, None] * bt[:, None, :]
+        ys.append((h * ctt[:, None, :]).sum(-1))  # (B, D)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(bsz, dim, 0)
+    if D is not None:
+        y = y + D.to(ct)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    out = y.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------
+# Chunked scan.
+#
+# The sequence is cut into chunks of K steps, processed one after another with the state
+# carried between them; the backward walks the chunks in reverse, recomputing each chunk's
+# states from its saved entering state. The autograd graph therefore holds only the inputs
+# plus one (B, D, N) state per chunk: memory is linear in L with a small constant, and the
+# (K, B, N, D) work tensors of one chunk are the only large temporaries (K is sized so they
+# stay cache-resident).
+#
+# Inside a chunk the K steps are split into nsub sub-chunks of T steps. The recurrence runs
+# its T steps vectorised over all sub-chunks at once (each from a zero state), the true state
+# entering each sub-chunk is propagated across the nsub boundaries, and a second T-step pass
+# recomputes the states from those entering states: 2T + nsub python-level steps instead of
+# K. nsub grows when the per-step state (B*D*N) is small, where per-op overhead would
+# dominate a step-by-step loop; for large states nsub = 1 and the chunk is a plain loop.
+#
+# Numerical safety: the usual closed form h_t = e^{S_t} * cumsum_s(e^{-S_s} b_s), with S the
+# cumulative log-decay, needs e^{-S_s}, which overflows fp32 once the decay accumulated in a
+# chunk exceeds ~88 nats (6 steps of delta = 1 with A = -16), after which e^{S_t} underflows
+# and inf * 0 gives NaN; no chunk size makes that safe for every delta. Here every factor is
+# a decay in [0, 1]: step decays exp(delta A), and sub-chunk total decays exp(A sum delta).
+# Underflow to zero only drops terms below 1e-38 of their source, nothing can overflow for
+# any delta, and the arithmetic is the sequential recurrence's.
+# ----------------------------------------------------------------------------------------
+
+_OP_ELEMS = 1 << 15  # aim for at least this many elements per python-level op
+_CHUNK_ELEMS = 1 << 20  # auto chunk: about this many elements (4 MB fp32) per work tensor
+
+
+def _plan(m: int, length: int, chunk_size: Optional[int]) -> tuple[int, int]:
+    """(nsub, T) for a per-step state of m elements; the chunk is K = nsub * T steps."""
+    k = chunk_size if chunk_size is not None else max(16, min(4096, _CHUNK_ELEMS // max(m, 1)))
+    k = max(1, min(k, length))
+    nsub = 1
+    # more sub-chunks while ops are small, but never more than ~sqrt(2k) (balances 2T + nsub)
+    while nsub * m < _OP_ELEMS and (2 * nsub) ** 2 <= 2 * k:
+        nsub *= 2
+    return nsub, -(-k // nsub)
+
+
+def _time_major(x: Tensor, padded: int) -> Tensor:
+    """(B, X, L) -> (Lp, B, X) fp32, contiguous, zero-padded at the end."""
+    x = x.float().permute(2, 0, 1)
+    if padded > x.shape[0]:
+        x = F.pad(x, (0, 0, 0, 0, 0, padded - x.shape[0]))
+    return x.contiguous()
+
+
+class _Inputs:
+    """Time-major fp32 inputs, zero-padded to a whole number of chunks.
+
+    Padded steps have delta = 0 (decay 1, no input) and C = 0, so they neither change the
+    carried state nor produce output: the state after them is the last real step's state.
+    """
+
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, keep, chunk_size):
+        bsz, dim, length = u.shape
+        n = A.shape[1]
+        self.nsub, self.T = _plan(bsz * dim * n, length, chunk_size)
+        self.K = self.nsub * self.T
+        lp = -(-length // self.K) * self.K
+        self.At = A.float().t().contiguous()  # (N, D)
+        self.dlt = _time_major(_prepare_delta(delta, delta_bias, delta_softplus), lp)  # (Lp, B, D)
+        self.u = _time_major(u, lp)  # (Lp, B, D)
+        self.du = self.dlt * self.u  # (Lp, B, D)
+        self.B = _time_major(B, lp)  # (Lp, B, N)
+        self.C = _time_major(C, lp)  # (Lp, B, N)
+        self.keep = None  # (Lp,): 0 at a sequence start, else 1
+        if keep is not None:
+            self.keep = F.pad(keep.float(), (0, lp - length), value=1.0)
+        self.chunks = [slice(l0, l0 + self.K) for l0 in range(0, lp, self.K)]
+
+    def decays(self, sl: slice) -> Tensor:
+        """exp(delta_t * A), 0 at sequence starts: (K, B, N, D)."""
+        # broadcasting may pick a strided layout when B or K is 1; the scans need contiguous
+        a = torch.mul(self.dlt[sl, :, None, :], self.At).contiguous().exp_()
+        if self.keep is not None:
+            a.mul_(self.keep[sl, None, None, None])
+        return a
+
+    def inputs(self, sl: slice) -> Tensor:
+        """delta_t * u_t * B_t: (K, B, N, D)."""
+        return (self.du[sl, :, None, :] * self.B[sl, :, :, None]).contiguous()
+
+    def sub_decays(self, sl: slice) -> Optional[Tensor]:
+        """Total decay of each sub-chunk, exp(A sum delta), 0 if a sequence starts in it: (nsub, M)."""
+        if self.nsub == 1:
+            return None
+        dlt = self.dlt[sl]
+        s = dlt.view(self.nsub, self.T, *dlt.shape[1:]).sum(1)  # (nsub, B, D)
+        p = torch.mul(s[:, :, None, :], self.At).exp_()  # (nsub, B, N, D)
+        if self.keep is not None:
+            p.mul_(self.keep[sl].view(self.nsub, self.T).prod(1)[:, None, None, None])
+        return p.view(self.nsub, -1)
+
+
+def _states(a: Tensor, b: Tensor, p: Optional[Tensor], h0: Tensor, nsub: int) -> tuple[Tensor, Tensor]:
+    """All states of h_t = a_t h_{t-1} + b_t over one chunk, from h0.
+
+    a, b: (K, ...) with M elements per step; p: (nsub, M) sub-chunk decays; h0: (M,).
+    Returns h shaped like b and the last state (M,).
+    """
+    T = a.shape[0] // nsub
+    a3 = a.view(nsub, T, -1)
+    b3 = b.view(nsub, T, -1)
+    if nsub == 1:
+        enter = h0[None]
+    else:
+        # pass 1: every sub-chunk from a zero state, keeping only its end state
+        cur = b3[:, 0].clone()
+        for t in range(1, T):
+            torch.addcmul(b3[:, t], a3[:, t], cur, out=cur)
+        enter = torch.empty_like(cur)  # the true state entering each sub-chunk
+        s = h0
+        for c in range(nsub):
+            enter[c] = s
+            s = torch.addcmul(cur[c], p[c], s)
+    # pass 2: the states, from the entering states
+    h = torch.empty_like(b)
+    h3 = h.view(nsub, T, -1)
+    torch.addcmul(b3[:, 0], a3[:, 0], enter, out=h3[:, 0])
+    for t in range(1, T):
+        torch.addcmul(b3[:, t], a3[:, t], h3[:, t - 1], out=h3[:, t])
+    return h, h3[-1, -1]
+
+
+def _adjoints(a: Tensor, g: Tensor, p: Optional[Tensor], g_end: Tensor, nsub: int) -> Tensor:
+    """Adjoint states over one chunk, in place in g: g_t <- g_t + a_{t+1} g_{t+1}.
+
+    a, g: (K, ...) with M elements per step (g holds dL/dh_t from the outputs); p: (nsub, M);
+    g_end: (M,), a_{next} * g_{next} flowing in from after the chunk.
+    Returns a_{first} * g_{first} (M,), what flows into the previous chunk.
+    """
+    T = a.shape[0] // nsub
+    a3 = a.view(nsub, T, -1)
+    g3 = g.view(nsub, T, -1)
+    if nsub == 1:
+        enter = g_end[None]
+    else:
+        cur = g3[:, T - 1].clone()
+        for t in range(T - 2, -1, -1):
+            torch.addcmul(g3[:, t], a3[:, t + 1], cur, out=cur)
+        cur.mul_(a3[:, 0])  # a_first * g_first of each sub-chunk, from a zero end state
+        enter = torch.empty_like(cur)  # flowing into each sub-chunk's last step from the right
+        s = g_end
+        for c in range(nsub - 1, -1, -1):
+            enter[c] = s
+            s = torch.addcmul(cur[c], p[c], s)
+    g3[:, T - 1].add_(enter)
+    for t in range(T - 2, -1, -1):
+        g3[:, t].addcmul_(a3[:, t + 1], g3[:, t + 1])
+    return a3[0, 0] * g3[0, 0]
+
+
+def _prepare_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
+    dlt = delta.float()
+    if delta_bias is not None:
+        dlt = dlt + delta_bias.float()[:, None]
+    if delta_softplus:
+        dlt = F.softplus(dlt)
+    return dlt
+
+
+def _from_time_major(x: Tensor, length: int) -> Tensor:
+    """(Lp, B, X) -> (B, X, L)."""
+    return x[:length].permute(1, 2, 0)
+
+
+class _SelectiveScanChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, keep, chunk_size):
+        bsz, dim, length = u.shape
+        n = A.shape[1]
+        x = _Inputs(u, delta, A, B, C, delta_bias, delta_softplus, keep, chunk_size)
+        y = torch.empty(x.u.shape, dtype=torch.float32, device=u.device)  # (Lp, B, D)
+        starts = []  # the state entering each chunk
+        s = u.new_zeros(bsz * n * dim, dtype=torch.float32)
+        for sl in x.chunks:
+            starts.append(s)
+            h, s = _states(x.decays(sl), x.inputs(sl), x.sub_decays(sl), s, x.nsub)
+            y[sl] = torch.matmul(x.C[sl, :, None, :], h).squeeze(2)  # sum_n C_t h_t
+        y = _from_time_major(y, length)
+        if D is not None:
+            y = y + D.float()[:, None] * u.float()
+        out = y * F.silu(z.float()) if z is not None else y
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, keep, *starts)
+        ctx.delta_softplus = delta_softplus
+        ctx.chunk_size = chunk_size
+        last = s.view(bsz, n, dim).transpose(1, 2).contiguous()
+        return out.to(u.dtype), last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, keep, *starts = ctx.saved_tensors
+        bsz, dim, length = u.shape
+        n = A.shape[1]
+        x = _Inputs(u, delta, A, B, C, delta_bias, ctx.delta_softplus, keep, ctx.chunk_size)
+        lp = x.u.shape[0]
+        dout = dout.float()
+        dy = dout * F.silu(z.float()) if z is not None else dout  # dL/dy, y before gating
+        dy_t = _time_major(dy, lp)  # (Lp, B, D)
+
+        ddlt = torch.empty_like(dy_t)
+        du = torch.empty_like(dy_t)
+        dB = torch.empty_like(x.B)
+        dC = torch.empty_like(x.C)
+        yscan = torch.empty_like(dy_t) if z is not None else None
+        dAt_b = x.At.new_zeros(bsz, n, dim)  # dA per batch row, transposed: (B, N, D)
+        g_end = dlast.float().transpose(1, 2).reshape(-1)  # (B, N, D) order
+        for sl, h0 in zip(reversed(x.chunks), reversed(starts)):
+            a = x.decays(sl)
+            b = x.inputs(sl)
+            p = x.sub_decays(sl)
+            h, _ = _states(a, b, p, h0, x.nsub)
+            dyk = dy_t[sl]
+            if yscan is not None:
+                yscan[sl] = torch.matmul(x.C[sl, :, None, :], h).squeeze(2)
+            # contractions over N or D as multiply + sum: batched (N x D) matrix-vector
+            # products through bmm are several times slower on CPU
+            dC[sl] = (h * dyk[:, :, None, :]).sum(3)
+            g = (x.C[sl, :, :, None] * dyk[:, :, None, :]).contiguous()  # dL/dh_t via y_t: (K, B, N, D)
+            g_end = _adjoints(a, g, p, g_end, x.nsub)
+            # a_t h_{t-1} = h_t - b_t; times g_t it is dL/d(delta_t A), as a = exp(delta A)
+            q = torch.sub(h, b, out=h).mul_(g)
+            dd = (q * x.At).sum(2)  # (K, B, D)
+            dAt_b += q.mul_(x.dlt[sl, :, None, :]).sum(0)
+            w = torch.matmul(x.B[sl, :, None, :], g).squeeze(2)  # dL/d(delta_t u_t): (K, B, D)
+            dB[sl] = (g * x.du[sl, :, None, :]).sum(3)
+            torch.addcmul(dd, w, x.u[sl], out=ddlt[sl])
+            torch.mul(w, x.dlt[sl], out=du[sl])
+
+        ddlt = _from_time_major(ddlt, length)
+        du = _from_time_major(du, length)
+        dz = dD = ddelta_bias = None
+        if z is not None:
+            yfull = _from_time_major(yscan, length)
+            if D is not None:
+                yfull = yfull + D.float()[:, None] * u.float()
+            zf = z.float()
+            sz = torch.sigmoid(zf)
+            dz = (dout * yfull * sz * (1 + zf * (1 - sz))).to(z.dtype)
+        if D is not None:
+            du = du + dy * D.float()[:, None]
+            dD = (dy * u.float()).sum((0, 2)).to(D.dtype)
+        if ctx.delta_softplus:
+            raw = delta.float()
+            if delta_bias is not None:
+                raw = raw + delta_bias.float()[:, None]
+            ddlt = ddlt * torch.sigmoid(raw)
+        if delta_bias is not None:
+            ddelta_bias = ddlt.sum((0, 2)).to(delta_bias.dtype)
+        return (
+            du.to(u.dtype),
+            ddlt.to(delta.dtype),
+            dAt_b.sum(0).t().to(A.dtype),
+            _from_time_major(dB, length).to(B.dtype),
+            _from_time_major(dC, length).to(C.dtype),
+            dD,
+            dz,
+            ddelta_bias,
+            None,
+            None,
+            None,
+        )
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    cu_seqlens: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+):
+    """Chunked scan with a hand-written, chunk-recomputing backward; same contract as the reference.
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,);
+    cu_seqlens: (n+1,) int, packed batch (B == 1). ``chunk_size`` None picks one from the
+    state size (work tensors of ~4 MB). Returns out (B, D, L) in u's dtype, and the last
+    state (B, D, N) fp32 if asked; gradients flow through both.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    keep = None
+    if cu_seqlens is not None:
+        keep = (~segment_starts(cu_seqlens, u.shape[-1])).float()
+    if u.shape[-1] == 0:
+        out = u.new_zeros(u.shape)
+        last = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+        return (out, last) if return_last_state else out
+    out, last = _SelectiveScanChunked.apply(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), keep, chunk_size
+    )
+    return (out, last) if return_last_state else out

@@ -1,0 +1,296 @@
+"""Selective scan: the chunked scan (and the backend dispatch) against the sequential reference.
+
+Tolerances are mamba-ssm's fp32 ones (tests/ops/test_selective_scan.py): outputs rtol 6e-4,
+atol 2e-3; du x2, ddelta rtol x5 / atol x10, dA (rtol 1e-3, atol 1e-2), dB and dC as the
+outputs, dD / dz / ddelta_bias (1e-3, 2e-3). Both sides compute in fp32, so the observed
+differences are ~1e-5; the stricter fp64-oracle test bounds the chunked scan's error by
+twice the reference's own fp32 error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lcplm.errors import UserError
+from lcplm.models import backends, ssm
+
+RTOL, ATOL = 6e-4, 2e-3
+RTOLW, ATOLW = 1e-3, 2e-3  # max(1e-3, rtol/atol): mamba widens weight tolerances when z is used
+GRAD_TOL = {
+    "u": (RTOL * 2, ATOL * 2),
+    "delta": (RTOL * 5, ATOL * 10),
+    "A": (RTOLW, ATOLW * 5),
+    "B": (RTOL, ATOL),
+    "C": (RTOL, ATOL),
+    "D": (RTOLW, ATOLW),
+    "z": (RTOLW, ATOLW),
+    "delta_bias": (RTOLW, ATOLW),
+}
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch, dim, nstate, length, seed=0, has_D=True, has_z=True, has_bias=True, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "u": torch.randn(batch, dim, length, generator=g),
+        "delta": 0.5 * torch.rand(batch, dim, length, generator=g),
+        "A": -0.5 * torch.rand(dim, nstate, generator=g),
+        "B": torch.randn(batch, nstate, length, generator=g),
+        "C": torch.randn(batch, nstate, length, generator=g),
+        "D": torch.randn(dim, generator=g) if has_D else None,
+        "z": torch.randn(batch, dim, length, generator=g) if has_z else None,
+        "delta_bias": 0.5 * torch.rand(dim, generator=g) if has_bias else None,
+    }
+    return {k: (v.to(dtype) if v is not None else None) for k, v in t.items()}
+
+
+def run(fn, inputs, grad_out=None, grad_last=None, **kw):
+    """Outputs, last state and gradients of every input of ``fn`` on fresh leaf copies."""
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    out, last = fn(**leaves, return_last_state=True, **kw)
+    loss = (out.float() * grad_out).sum() if grad_out is not None else out.float().sum()
+    if grad_last is not None:
+        loss = loss + (last * grad_last).sum()
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v is not None}
+    return out.detach(), last.detach(), grads
+
+
+def assert_close_all(a, b, names=NAMES):
+    out_a, last_a, grads_a = a
+    out_b, last_b, grads_b = b
+    torch.testing.assert_close(out_a, out_b, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(last_a, last_b, rtol=RTOL, atol=ATOL)
+    for k in names:
+        if k in grads_b:
+            rtol, atol = GRAD_TOL[k]
+            torch.testing.assert_close(grads_a[k], grads_b[k], rtol=rtol, atol=atol, msg=lambda m: f"d{k}: {m}")
+
+
+@pytest.mark.parametrize(
+    "batch,dim,nstate,length",
+    [(2, 4, 8, 1), (2, 8, 16, 63), (1, 4, 4, 1000), (3, 5, 3, 130)],
+)
+@pytest.mark.parametrize("softplus", [True, False])
+def test_chunked_matches_reference(batch, dim, nstate, length, softplus):
+    x = make_inputs(batch, dim, nstate, length)
+    g = torch.Generator().manual_seed(1)
+    gout = torch.randn(batch, dim, length, generator=g)
+    glast = torch.randn(batch, dim, nstate, generator=g)
+    ref = run(ssm.selective_scan_ref, x, gout, glast, delta_softplus=softplus)
+    got = run(ssm.selective_scan_chunked, x, gout, glast, delta_softplus=softplus)
+    assert_close_all(got, ref)
+
+
+@pytest.mark.parametrize(
+    "has_D,has_z,has_bias", [(False, False, False), (True, False, False), (False, True, False), (False, False, True)]
+)
+def test_optional_inputs(has_D, has_z, has_bias):
+    x = make_inputs(2, 6, 5, 63, has_D=has_D, has_z=has_z, has_bias=has_bias)
+    gout = torch.randn(2, 6, 63, generator=torch.Generator().manual_seed(2))
+    assert_close_all(
+        run(ssm.selective_scan_chunked, x, gout, delta_softplus=True),
+        run(ssm.selective_scan_ref, x, gout, delta_softplus=True),
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 7, 16, 64, 1000])
+def test_chunk_sizes_and_sub_chunks(chunk_size):
+    # every chunk size hits a different mix of full chunks, padded tails and sub-chunk counts
+    x = make_inputs(1, 3, 4, 100, seed=3)
+    gout = torch.randn(1, 3, 100, generator=torch.Generator().manual_seed(3))
+    assert_close_all(
+        run(ssm.selective_scan_chunked, x, gout, delta_softplus=True, chunk_size=chunk_size),
+        run(ssm.selective_scan_ref, x, gout, delta_softplus=True),
+    )
+
+
+def test_error_against_fp64_oracle_is_at_most_twice_the_references():
+    """Flash-attention's rule: the fast path's error vs an fp64 oracle <= 2x the fp32 reference's."""
+    x = make_inputs(2, 8, 16, 500, seed=4)
+    gout = torch.randn(2, 8, 500, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    oracle = run(ssm.selective_scan_ref, {k: (v.double() if v is not None else None) for k, v in x.items()}, gout,
+                 delta_softplus=True)
+    ref = run(ssm.selective_scan_ref, x, gout.float(), delta_softplus=True)
+    got = run(ssm.selective_scan_chunked, x, gout.float(), delta_softplus=True)
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(got[0], oracle[0]) <= 2 * err(ref[0], oracle[0]) + 1e-6
+    for k in NAMES:
+        scale = oracle[2][k].abs().max().item()
+        assert err(got[2][k], oracle[2][k]) <= 2 * err(ref[2][k], oracle[2][k]) + 1e-6 * scale, k
+
+
+def test_large_decays_stay_finite_and_exact():
+    """delta * A of -1000 per step: a cumsum-of-exponentials scan would overflow to inf/NaN."""
+    x = make_inputs(1, 4, 6, 200, seed=5)
+    x["delta"] = 5.0 + 15.0 * torch.rand(1, 4, 200, generator=torch.Generator().manual_seed(5))
+    x["A"] = -torch.linspace(1.0, 60.0, 24).view(4, 6)
+    gout = torch.randn(1, 4, 200, generator=torch.Generator().manual_seed(6))
+    got = run(ssm.selective_scan_chunked, x, gout, delta_softplus=False)
+    ref = run(ssm.selective_scan_ref, x, gout, delta_softplus=False)
+    assert torch.isfinite(got[0]).all() and all(torch.isfinite(v).all() for v in got[2].values())
+    assert_close_all(got, ref)
+
+
+def test_tiny_decays_carry_state_across_many_chunks():
+    """delta ~ 0: the state carries through every chunk boundary almost unchanged."""
+    x = make_inputs(1, 3, 4, 400, seed=7)
+    x["delta"] = torch.full((1, 3, 400), 1e-4)
+    gout = torch.randn(1, 3, 400, generator=torch.Generator().manual_seed(7))
+    assert_close_all(
+        run(ssm.selective_scan_chunked, x, gout, chunk_size=16),
+        run(ssm.selective_scan_ref, x, gout),
+    )
+
+
+def _packed(lengths, dim=4, nstate=5, seed=8):
+    total = sum(lengths)
+    x = make_inputs(1, dim, nstate, total, seed=seed)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    return x, cu
+
+
+@pytest.mark.parametrize("fn", [ssm.selective_scan_ref, ssm.selective_scan_chunked])
+def test_segment_resets_equal_separate_scans(fn):
+    lengths = [1, 63, 0, 17, 100]
+    x, cu = _packed(lengths)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = fn(**leaves, delta_softplus=True, cu_seqlens=cu)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    (out * gout).sum().backward()
+    dA_total = torch.zeros_like(x["A"])
+    for i, n in enumerate(lengths):
+        if n == 0:
+            continue
+        s, e = int(cu[i]), int(cu[i + 1])
+        seg = {k: (v[..., s:e] if v.dim() == 3 else v).clone().requires_grad_() for k, v in x.items()}
+        o = ssm.selective_scan_ref(**seg, delta_softplus=True)
+        (o * gout[..., s:e]).sum().backward()
+        torch.testing.assert_close(out[..., s:e].detach(), o.detach(), rtol=RTOL, atol=ATOL)
+        for k in ("u", "delta", "B", "C", "z"):
+            torch.testing.assert_close(leaves[k].grad[..., s:e], seg[k].grad, rtol=GRAD_TOL[k][0], atol=GRAD_TOL[k][1])
+        dA_total += seg["A"].grad
+    torch.testing.assert_close(leaves["A"].grad, dA_total, rtol=RTOLW, atol=ATOLW * 5)
+
+
+def test_segment_resets_chunked_vs_reference_with_small_chunks():
+    x, cu = _packed([5, 40, 1, 33, 21])
+    gout = torch.randn(1, 4, 100, generator=torch.Generator().manual_seed(10))
+    for chunk in (3, 8, 32):
+        got = run(ssm.selective_scan_chunked, x, gout, cu_seqlens=cu, chunk_size=chunk)
+        ref = run(ssm.selective_scan_ref, x, gout, cu_seqlens=cu)
+        assert_close_all(got, ref)
+
+
+def test_bad_cu_seqlens_is_rejected():
+    x, _ = _packed([3, 4])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        ssm.selective_scan_chunked(**x, cu_seqlens=torch.tensor([0, 3, 5], dtype=torch.int32))
+    with pytest.raises(ValueError, match="batch"):
+        y = make_inputs(2, 4, 5, 7)
+        ssm.selective_scan_chunked(**y, cu_seqlens=torch.tensor([0, 7], dtype=torch.int32))
+
+
+def test_unwritten_buffers_would_show(monkeypatch):
+    """torch.empty poisoned with NaN: any element the scan forgets to write makes the test fail."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: real_empty_like(*a, **k).fill_(float("nan")))
+    x = make_inputs(2, 3, 4, 77, seed=11)
+    out, last, grads = run(ssm.selective_scan_chunked, x, delta_softplus=True, chunk_size=10)
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_saved_memory_is_inputs_plus_chunk_states():
+    """The autograd graph keeps the inputs and one (B, D, N) state per chunk, nothing (B, D, L, N)."""
+    batch, dim, nstate, length, chunk = 2, 16, 16, 2048, 128
+    x = {k: v.requires_grad_() for k, v in make_inputs(batch, dim, nstate, length).items()}
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ssm.selective_scan_chunked(**x, delta_softplus=True, chunk_size=chunk)
+    inputs = sum(v.numel() * v.element_size() for v in x.values())
+    states = (length // chunk) * batch * dim * nstate * 4
+    assert sum(saved) <= inputs + states
+    assert max(saved) < batch * dim * nstate * length * 4 / 8  # far below one full state tensor
+
+
+def test_bf16_inputs_compute_in_fp32():
+    x = make_inputs(2, 4, 8, 50, dtype=torch.bfloat16)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out = ssm.selective_scan_chunked(**leaves, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(leaves[k].grad.dtype == torch.bfloat16 for k in leaves)
+    ref = ssm.selective_scan_ref(**x, delta_softplus=True)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=3e-2, atol=5e-2)
+
+
+def test_empty_sequence():
+    x = make_inputs(2, 3, 4, 0)
+    out, last = ssm.selective_scan_chunked(**x, return_last_state=True)
+    assert out.shape == (2, 3, 0) and last.shape == (2, 3, 4) and not last.any()
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def test_backend_dispatch_on_cpu():
+    x = make_inputs(2, 4, 8, 40)
+    ref = ssm.selective_scan_ref(**x, delta_softplus=True)
+    for backend in ("auto", "chunked", "reference"):
+        out = backends.selective_scan(**x, delta_softplus=True, backend=backend)
+        torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
+    assert backends.resolve_scan_backend("auto", torch.device("cpu")) == "chunked"
+
+
+def test_cuda_backend_errors_are_user_errors(monkeypatch):
+    monkeypatch.setattr(backends, "mamba_scan_fn", lambda: None)
+    x = make_inputs(1, 2, 3, 5)
+    with pytest.raises(UserError, match=r"pip install -e \.\[gpu\]"):
+        backends.selective_scan(**x, backend="cuda")
+    with pytest.raises(UserError, match="must be one of"):
+        backends.selective_scan(**x, backend="fast")
+
+
+def test_cuda_packed_rule_unpacks_and_repacks(monkeypatch):
+    """The cuda backend's packed-batch rule (unpack to padded, scan, pack), run with the reference
+    standing in for the kernel: it must equal the reference's own segment-reset scan."""
+
+    def fake_kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        return ssm.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    monkeypatch.setattr(backends, "mamba_scan_fn", lambda: fake_kernel)
+    monkeypatch.setattr(backends, "resolve_scan_backend", lambda backend, device: "cuda")
+    x, cu = _packed([4, 1, 30, 9])
+    out = backends.selective_scan(**x, delta_softplus=True, cu_seqlens=cu, backend="cuda")
+    ref = ssm.selective_scan_ref(**x, delta_softplus=True, cu_seqlens=cu)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_causal_conv_matches_conv1d_and_respects_boundaries():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 6, 37, generator=g)
+    w = torch.randn(6, 4, generator=g)
+    b = torch.randn(6, generator=g)
+    expect = torch.nn.functional.silu(
+        torch.nn.functional.conv1d(x, w[:, None, :], b, padding=3, groups=6)[..., :37]
+    )
+    torch.testing.assert_close(backends.causal_conv1d(x, w, b), expect, rtol=1e-5, atol=1e-6)
+    # packed: [0, 5) [5, 6) [6, 37) in one row; each segment equals its own conv
+    positions = torch.cat([torch.arange(5), torch.arange(1), torch.arange(31)])
+    packed = backends.causal_conv1d(x[:1], w, b, positions=positions)
+    for s, e in ((0, 5), (5, 6), (6, 37)):
+        alone = backends.causal_conv1d(x[:1, :, s:e], w, b)
+        # same arithmetic; only SiLU's vectorised vs scalar tail loop may differ by an ulp
+        torch.testing.assert_close(packed[..., s:e], alone, rtol=1e-6, atol=1e-7)
+    assert backends.causal_conv1d(x[:, :, :2], w, b).shape == (2, 6, 2)
