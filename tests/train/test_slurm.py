@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,3 +132,55 @@ def test_two_point_sweep_on_real_slurm(tmp_path: Path):
         assert (d / row["point"] / "config.yaml").is_file()
     assert len(list((d / "slurm").glob("*.out"))) == 2
     assert "| done |" in r.stdout
+
+
+def _squeue_state(job: str) -> str:
+    r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def _poll(cond, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
+    _slurm_or_skip()
+    from train_helpers import write_fasta
+
+    write_fasta(tmp_path / "train.fasta", n=240)
+    exp = write_experiment(tmp_path)
+    name = f"rq{os.getpid()}"
+    sw = tmp_path / "sw.yaml"
+    sw.write_text(
+        f"# s\nexperiment: {exp}\nname: {name}\nout_dir: {tmp_path / 'sweeps'}\nlauncher: slurm\n"
+        f"slurm: {REPO / 'experiments' / 'slurm' / 'cpu_local.yaml'}\n"
+        "points: [{optim.lr: 0.002}]\noverrides: {trainer.max_steps: 60, trainer.val_check_interval: 30}\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "lcplm", "sweep", str(sw)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.split("submitted SLURM array job ")[1].split(";")[0].strip()
+    d = tmp_path / "sweeps" / name
+    run = d / "000-lr0.002"
+    try:
+        _poll(lambda: (run / "checkpoints" / "last.ckpt").is_file(), 120, "the first checkpoint")
+        # what `#SBATCH --signal=USR1@N` does before the time limit
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        _poll(lambda: _squeue_state(job) == "PENDING", 60, "the job to be requeued")
+        # SLURM holds a requeued job for ~2 minutes; release it now
+        subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], check=True)
+        _poll(lambda: _squeue_state(job) == "", 180, "the requeued job to finish")
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    log = "\n".join(p.read_text() for p in (d / "slurm").glob("*.out"))
+    status = json.loads((d / "status" / "000-lr0.002.json").read_text())
+    assert status["state"] == "done" and status["slurm_restarts"] == 1, (status, log[-3000:])
+    assert f"requeued SLURM job {job}_0" in log and "Restored all states from the checkpoint" in log
+    assert json.loads((run / "results.json").read_text())["global_step"] == 60
