@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .fwd import autotune_configs
+from .fwd import autotune_configs, head_dim_mask
 
 
 @triton.jit
@@ -31,7 +31,7 @@ def block_sparse_attn_bwd_preprocess_kernel(
     h = (bh % H).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)                          # [BM]
     offs_d = tl.arange(0, BLOCK_D)                                                       # [BD]
-    mask = (offs_m < L)[:, None] & (offs_d < HEAD_D)[None, :]
+    mask = (offs_m < L)[:, None] & head_dim_mask(offs_d, BLOCK_D, HEAD_D)[None, :]
     o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
                 mask=mask, other=0.0).to(tl.float32)                                     # [BM, BD]
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
@@ -103,7 +103,7 @@ def block_sparse_attn_bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)                                                       # [BM]
     offs_d = tl.arange(0, BLOCK_D)                                                       # [BD]
     mask_n = offs_n < L
-    mask_d = offs_d < HEAD_D
+    mask_d = head_dim_mask(offs_d, BLOCK_D, HEAD_D)
     mask_nd = mask_n[:, None] & mask_d[None, :]
     k = tl.load(K + b64 * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
                 mask=mask_nd, other=0.0)                                                 # [BN, BD]
@@ -194,7 +194,7 @@ def block_sparse_attn_bwd_dq_kernel(
     offs_n = tl.arange(0, BLOCK_N)                                                       # [BN]
     offs_d = tl.arange(0, BLOCK_D)                                                       # [BD]
     mask_m = offs_m < L
-    mask_d = offs_d < HEAD_D
+    mask_d = head_dim_mask(offs_d, BLOCK_D, HEAD_D)
     mask_md = mask_m[:, None] & mask_d[None, :]
     q = tl.load(Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
                 mask=mask_md, other=0.0)                                                 # [BM, BD]

@@ -1,9 +1,10 @@
 """Triton forward of PPI-guided block-sparse attention (flash-attention style).
 
-Written against Triton 3.9 and checked on CPU under ``TRITON_INTERPRET=1`` (fp32/fp16; the
-interpreter's bf16 ``tl.dot`` is broken). No GPU was available when it was written: the GPU
-tests (``tests/kernels``, marker ``gpu``) and ``benchmarks/ops/bench_block_sparse_attn.py`` are
-the first runs on hardware; see benchmarks/RESULTS.md for what has been measured.
+Triton version: 3.9. GPU tested: none yet. Checked on CPU under ``TRITON_INTERPRET=1`` (fp32
+and fp16; the interpreter's bf16 ``tl.dot`` is broken) and compiled ahead of time for sm_80 and
+sm_90 with the ptxas bundled in Triton's wheel (tests/kernels/test_block_sparse_compile.py).
+The GPU tests (``tests/kernels``, marker ``gpu``) and ``benchmarks/ops/bench_block_sparse_attn.py``
+are the first runs on hardware; benchmarks/RESULTS.md says what has been measured.
 
 Supported: q, k, v (B, H, L, D) with any strides whose last one is 1; fp16, bf16, fp32
 (fp32 matmuls use TF32 only when ``torch.backends.cuda.matmul.allow_tf32`` is on); any L;
@@ -34,6 +35,16 @@ def autotune_configs() -> list[triton.Config]:
     if INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2, 3)]
+
+
+@triton.jit
+def head_dim_mask(offs_d, BLOCK_D: tl.constexpr, HEAD_D: tl.constexpr):
+    """[BD] bool: columns inside the head dim. A constant-true mask when D is a power of two,
+    so the compiler drops it and keeps the loads vectorised along D."""
+    if BLOCK_D == HEAD_D:
+        return tl.full([BLOCK_D], 1, dtype=tl.int1)
+    else:
+        return offs_d < HEAD_D
 
 
 def l_bucket(L: int) -> int:
@@ -108,7 +119,7 @@ def block_sparse_attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)                                                       # [BN]
     offs_d = tl.arange(0, BLOCK_D)                                                       # [BD]
     mask_m = offs_m < L
-    mask_d = offs_d < HEAD_D
+    mask_d = head_dim_mask(offs_d, BLOCK_D, HEAD_D)
 
     q = tl.load(Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)                      # [BM, BD]
