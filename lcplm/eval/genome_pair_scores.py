@@ -1,0 +1,88 @@
+"""First pass of the ``scored`` pair source: protein-pair attention mass from a model.
+
+``python -m lcplm.eval.genome_pair_scores EXPERIMENT.yaml --checkpoint CKPT --out FILE
+[--source dense] [key=value ...]``
+
+Every window of the experiment's genomes (all of them, training and validation) is run
+through the model with the ``--source`` pair pattern (default dense: every pair is
+visible); in each layer and head the attention mass that the tokens of protein p pay to
+protein r is summed blockwise (no L x L tensor), averaged over p's tokens, then over heads
+and layers, and symmetrised (:meth:`SparseGenomeLM.protein_pair_attention`). The file holds
+``protein_a <TAB> protein_b <TAB> score`` for every pair of proteins that share a window;
+``pair_source: {name: scored, scores: FILE, top_k: K}`` then keeps each protein's top K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from lcplm.config import PretrainConfig, load_config
+from lcplm.data.datamodules.genome import load_genomes
+from lcplm.data.genomes import genome_windows
+from lcplm.data.pair_sources import PAIR_SOURCES, build_pair_source
+from lcplm.errors import UserError
+from lcplm.eval.genome_probe import genome_config, load_models
+
+
+@torch.no_grad()
+def write_pair_scores(cfg: PretrainConfig, checkpoint: str | None, source: str, out: Path, where: str = "config") -> int:
+    """Write the pair-score file; returns the number of pairs written."""
+    data = genome_config(cfg, where)
+    if source not in PAIR_SOURCES or source == "scored":
+        raise UserError(f"--source must be one of {[s for s in PAIR_SOURCES if s != 'scored']}, got {source!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    genomes = load_genomes(data)
+    (_, model), = load_models(cfg, [checkpoint] if checkpoint else [], device)
+    first_pass = build_pair_source(dataclasses.replace(data.pair_source, name=source), genomes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    n = 0
+    with open(tmp, "w") as fh:
+        fh.write(f"# protein_a\tprotein_b\tscore (symmetrised attention mass; first pass '{source}', {where})\n")
+        for g in genomes:
+            for w in genome_windows(g, data.max_tokens):
+                allowed = first_pass.allowed(w)
+                m = model.protein_pair_attention(
+                    w.input_ids[None].to(device),
+                    torch.tensor([len(w)], device=device),
+                    w.pid[None].to(device),
+                    allowed[None].to(device),
+                )[0].cpu()
+                ids = w.protein_ids
+                for i in range(len(ids)):
+                    for j in range(i + 1, len(ids)):
+                        if allowed[i, j]:
+                            fh.write(f"{ids[i]}\t{ids[j]}\t{float(m[i, j]):.6g}\n")
+                            n += 1
+    tmp.replace(out)
+    return n
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m lcplm.eval.genome_pair_scores", description=__doc__.split("\n\n")[0])
+    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
+    p.add_argument("--checkpoint", default=None, help="lcplm genome checkpoint (default: the config's model at random init)")
+    p.add_argument("--out", required=True, help="pair-score file to write (TSV)")
+    p.add_argument("--source", default="dense", help="pair pattern of the scoring pass (default: %(default)s)")
+    ns = p.parse_args(argv)
+    experiment, overrides = ns.args[0], ns.args[1:]
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise UserError(f"unexpected argument {bad[0]!r}: give one EXPERIMENT.yaml then key=value overrides")
+    cfg = load_config(experiment, overrides, schema=PretrainConfig)
+    n = write_pair_scores(cfg, ns.checkpoint, ns.source, Path(ns.out), where=experiment)
+    print(f"wrote {n} protein-pair scores to {ns.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as e:
+        print(f"genome_pair_scores: error: {e}", file=sys.stderr)
+        sys.exit(2)
