@@ -1,0 +1,358 @@
+"""Protein embeddings from a trained encoder: ``lcplm embed`` and the extraction downstream uses.
+
+``lcplm embed --checkpoint C --fasta F --out DIR [--per-residue] [--format safetensors|npy]
+[--max-tokens N] [--max-length N --long full|crop|error] [--device D] [--half]`` writes to DIR:
+
+* ``embeddings.safetensors`` (tensors ``mean`` (N, D) and, with ``--per-residue``,
+  ``residues`` (T, D) plus ``offsets`` (N + 1,): record i's residues are rows
+  ``offsets[i]:offsets[i + 1]``), or the same arrays as ``mean.npy`` / ``residues.npy`` /
+  ``offsets.npy``;
+* ``index.tsv``: ``index  id  length  embedded_length`` per record, in FASTA order;
+* ``meta.json``: checkpoint, its digest, model config, options, counts.
+
+The mean embedding of a sequence is the mean of the encoder's final hidden states (after the
+final norm) over its residue tokens: never ``<cls>``/``<eos>``, padding, or ``<unk>``/gap
+positions. Per-residue rows are every position between ``<cls>`` and ``<eos>``, one per
+sequence character, so row j is character j. Sequences are batched by a token budget, longest
+first (``lcplm.data.batching.plan_batches``), so little is spent on padding; a sequence longer
+than the budget is embedded alone.
+
+Long sequences: with ``--max-length N`` a sequence of more than N residues is embedded in full
+(``--long full``, the default: BiMamba-S has no length limit), cut to its first N residues
+(``crop``; counted and reported, ``embedded_length`` says where), or refused (``error``).
+Nothing is dropped.
+
+:func:`cached_mean_embeddings` keeps mean embeddings on disk keyed by the model's digest, the
+data's digest and the options, so ``eval-downstream`` embeds each data set once per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcplm.data import tokenizer as tok
+from lcplm.data.batching import plan_batches
+from lcplm.data.cache import cache_root
+from lcplm.data.collate import crop_residues
+from lcplm.errors import UserError
+from lcplm.models.heads import residue_mean
+
+LONG_POLICIES = ("full", "crop", "error")
+FORMATS = ("safetensors", "npy")
+
+
+@dataclass
+class EmbeddingResult:
+    mean: torch.Tensor  # (N, D) float32
+    embedded_lengths: np.ndarray  # (N,) residues actually embedded (< length where cropped)
+    lengths: np.ndarray  # (N,) residues of each sequence
+    residues: Optional[list[torch.Tensor]] = None  # per record (embedded_length, D), with per_residue
+
+    @property
+    def n_cropped(self) -> int:
+        return int((self.embedded_lengths < self.lengths).sum())
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available")
+    return d
+
+
+def prepare_residues(sequences: Sequence[str], names: Sequence[str], max_length: Optional[int],
+                     long_policy: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Residue ids per sequence after the long-sequence policy; and the uncropped lengths."""
+    if long_policy not in LONG_POLICIES:
+        raise UserError(f"long-sequence policy must be one of {list(LONG_POLICIES)}, got {long_policy!r}")
+    if max_length is not None and max_length < 1:
+        raise UserError(f"max_length must be >= 1 residue, got {max_length}")
+    ids, lengths = [], np.zeros(len(sequences), np.int64)
+    for i, (seq, name) in enumerate(zip(sequences, names)):
+        r = tok.encode_residues(seq, record=name)
+        lengths[i] = len(r)
+        if max_length is not None and len(r) > max_length:
+            if long_policy == "error":
+                raise UserError(
+                    f"record {name!r} has {len(r)} residues, more than max_length={max_length} "
+                    "(choose --long full to embed it whole, or --long crop)"
+                )
+            if long_policy == "crop":
+                r = crop_residues(r, max_length, None)
+        if not bool(tok.is_residue(torch.from_numpy(r)).any()):
+            raise UserError(f"record {name!r} has no amino-acid residues to average over")
+        ids.append(r)
+    return ids, lengths
+
+
+def _autocast(device: torch.device, half: bool):
+    if device.type == "cuda" and half:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def embed_sequences(model: nn.Module, sequences: Sequence[str], names: Optional[Sequence[str]] = None, *,
+                    max_tokens: int = 16384, max_length: Optional[int] = None, long_policy: str = "full",
+                    per_residue: bool = False, device: str | torch.device = "cpu", half: bool = False,
+                    progress: bool = False) -> EmbeddingResult:
+    """Mean (and optionally per-residue) embeddings of ``sequences`` with ``model.encode``.
+
+    ``model.encode(input_ids (B, L), lengths=(B,)) -> (B, L, D)``. Batches hold at most
+    ``max_tokens`` tokens (B * L, specials included), longest first. ``half`` runs the encoder
+    under bf16 autocast on CUDA (outputs are float32 either way).
+    """
+    names = list(names) if names is not None else [f"#{i}" for i in range(len(sequences))]
+    if len(names) != len(sequences):
+        raise ValueError(f"{len(names)} names for {len(sequences)} sequences")
+    if not sequences:
+        raise UserError("no sequences to embed")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    residues, lengths = prepare_residues(sequences, names, max_length, long_policy)
+    tokens = np.asarray([len(r) + 2 for r in residues], np.int64)
+    budget = max(int(max_tokens), int(tokens.max()))  # a sequence longer than the budget goes alone
+    plan = plan_batches(tokens, budget, pack=False, bucket_size=len(tokens), rng=np.random.default_rng(0))
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    mean: Optional[torch.Tensor] = None
+    per_res: list[Optional[torch.Tensor]] = [None] * len(residues) if per_residue else []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=int(tokens.sum()), unit="tok", unit_scale=True, desc="embed", disable=not progress, file=sys.stderr)
+    try:
+        for b in range(len(plan)):
+            idx = plan.batch(b)
+            pieces = [torch.from_numpy(np.concatenate(([tok.CLS], residues[i], [tok.EOS]))) for i in idx]
+            input_ids, lens = tok.pad_batch(pieces)
+            input_ids, lens = input_ids.to(dev), lens.to(dev)
+            with _autocast(dev, half):
+                hidden = model.encode(input_ids, lengths=lens)
+            pooled = residue_mean(hidden, input_ids).cpu()
+            if mean is None:
+                mean = torch.zeros(len(residues), pooled.shape[1])
+            mean[torch.from_numpy(idx)] = pooled
+            if per_residue:
+                h = hidden.float().cpu()
+                for row, i in enumerate(idx.tolist()):
+                    per_res[i] = h[row, 1 : 1 + len(residues[i])].clone()
+            bar.update(int(tokens[idx].sum()))
+    finally:
+        bar.close()
+        model.train(was_training)
+    embedded = np.asarray([len(r) for r in residues], np.int64)
+    return EmbeddingResult(mean, embedded, lengths, per_res if per_residue else None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------
+# Models: our checkpoints, converted LC-PLM / ESM-2 checkpoints, random initialisation
+# ------------------------------------------------------------------------------------------
+
+
+def file_digest(path: str | Path) -> str:
+    """blake2b-128 of a file's bytes (what cache keys and meta.json record)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """``(model, model_cfg)`` from an lcplm checkpoint, including converted LC-PLM / ESM-2 ones
+    (``lcplm convert`` writes lcplm checkpoints). A missing file is a one-line error."""
+    from lcplm.train.checkpoint import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    model, cfg = load_model(path, map_location=map_location)
+    if not hasattr(model, "encode"):
+        raise UserError(f"{path}: model {type(model).__name__} has no encode() to embed with")
+    return model, cfg
+
+
+def random_encoder(model_cfg: Any, seed: int) -> nn.Module:
+    """The model of ``model_cfg`` at random initialisation (seeded): the "no pretraining" baseline."""
+    from lcplm.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(model_cfg)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------
+# Output files and the cache
+# ------------------------------------------------------------------------------------------
+
+
+def write_embeddings(out_dir: str | Path, names: Sequence[str], result: EmbeddingResult, fmt: str = "safetensors",
+                     half: bool = False, meta: Optional[dict] = None) -> Path:
+    """Write the arrays, ``index.tsv`` and ``meta.json`` into ``out_dir`` (created)."""
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if half else torch.float32
+    tensors = {"mean": result.mean.to(dtype).contiguous()}
+    if result.residues is not None:
+        offsets = torch.zeros(len(result.residues) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(torch.tensor([r.shape[0] for r in result.residues], dtype=torch.int64), 0)
+        tensors["residues"] = torch.cat(result.residues).to(dtype).contiguous()
+        tensors["offsets"] = offsets
+    for stale in ("embeddings.safetensors", "mean.npy", "residues.npy", "offsets.npy"):
+        (out / stale).unlink(missing_ok=True)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(out / "embeddings.safetensors"))
+    else:
+        for k, v in tensors.items():
+            np.save(out / f"{k}.npy", v.numpy())
+    with open(out / "index.tsv", "w") as f:
+        f.write("index\tid\tlength\tembedded_length\n")
+        for i, (name, n, e) in enumerate(zip(names, result.lengths.tolist(), result.embedded_lengths.tolist())):
+            f.write(f"{i}\t{name}\t{n}\t{e}\n")
+    (out / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str) + "\n")
+    return out
+
+
+def read_embeddings(out_dir: str | Path) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """``(ids, tensors)`` of a folder written by :func:`write_embeddings` (either format)."""
+    out = Path(out_dir)
+    index = out / "index.tsv"
+    if not index.is_file():
+        raise UserError(f"{out}: no index.tsv (not an `lcplm embed` output folder)")
+    ids = [line.split("\t")[1] for line in index.read_text().splitlines()[1:] if line]
+    if (out / "embeddings.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(out / "embeddings.safetensors"))
+    else:
+        tensors = {k: torch.from_numpy(np.load(out / f"{k}.npy")) for k in ("mean", "residues", "offsets")
+                   if (out / f"{k}.npy").is_file()}
+    if "mean" not in tensors:
+        raise UserError(f"{out}: no mean embeddings found")
+    return ids, tensors
+
+
+def data_digest(names: Sequence[str], sequences: Sequence[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for n, s in zip(names, sequences):
+        h.update(n.encode())
+        h.update(b"\t")
+        h.update(s.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def cached_mean_embeddings(model_key: str, model_factory, names: Sequence[str], sequences: Sequence[str], *,
+                           cache_dir: str | Path | None = None, max_tokens: int = 16384,
+                           max_length: Optional[int] = None, long_policy: str = "full", device: str = "cpu",
+                           half: bool = False, progress: bool = False, log=print) -> torch.Tensor:
+    """(N, D) mean embeddings, computed once per (model_key, data, options) and kept on disk.
+
+    ``model_key`` identifies the weights (a checkpoint digest, or config + seed for a random
+    encoder); ``model_factory()`` builds the model only on a cache miss.
+    """
+    from safetensors.torch import load_file, save_file
+
+    options = {"max_length": max_length, "long_policy": long_policy, "half": half, "pooling": "residue_mean"}
+    key_src = json.dumps({"model": model_key, "data": data_digest(names, sequences), "options": options}, sort_keys=True)
+    key = hashlib.blake2b(key_src.encode(), digest_size=16).hexdigest()
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "embeddings"
+    path = root / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["mean"]
+        except Exception as e:  # a truncated cache file from an interrupted run: recompute it
+            log(f"embedding cache {path} unreadable ({type(e).__name__}); recomputing")
+    t0 = time.time()
+    result = embed_sequences(model_factory(), sequences, names, max_tokens=max_tokens, max_length=max_length,
+                             long_policy=long_policy, device=device, half=half, progress=progress)
+    cropped = f", {result.n_cropped} cropped to {max_length} residues" if result.n_cropped else ""
+    log(f"  embedded {len(names)} sequences ({int(result.embedded_lengths.sum())} residues{cropped}) "
+        f"in {time.time() - t0:.1f} s")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"mean": result.mean.contiguous()}, str(tmp), metadata={"key": key_src[:4000]})
+    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
+    return result.mean
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lcplm embed", description="Per-sequence (and per-residue) embeddings of a FASTA file.")
+    p.add_argument("--checkpoint", required=True, help="lcplm checkpoint (.ckpt; converted LC-PLM / ESM-2 ones too)")
+    p.add_argument("--fasta", required=True, help="input FASTA (plain or gzip)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--per-residue", action="store_true", help="also write per-residue embeddings")
+    p.add_argument("--format", choices=FORMATS, default="safetensors", help="array format (default safetensors)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="token budget per batch, B x L (default 16384)")
+    p.add_argument("--max-length", type=int, default=None, help="residues; longer sequences follow --long")
+    p.add_argument("--long", choices=LONG_POLICIES, default="full",
+                   help="sequences over --max-length: embed whole (full, default), first N residues (crop), or stop (error)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--half", action="store_true", help="bf16 autocast on CUDA and float16 output arrays")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ns = p.parse_args(argv)
+    if ns.max_tokens < 3:
+        raise UserError(f"--max-tokens must be >= 3, got {ns.max_tokens}")
+    from lcplm.data.fasta import iter_fasta
+
+    records = list(iter_fasta(ns.fasta))
+    names = [r.id for r in records]
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise UserError(f"{ns.fasta}: duplicate record id {n!r} (the index would be ambiguous)")
+        seen.add(n)
+    device = resolve_device(ns.device)
+    model, model_cfg = load_encoder(ns.checkpoint, map_location="cpu")
+    t0 = time.time()
+    result = embed_sequences(model, [r.sequence for r in records], names, max_tokens=ns.max_tokens,
+                             max_length=ns.max_length, long_policy=ns.long, per_residue=ns.per_residue,
+                             device=device, half=ns.half, progress=not ns.no_progress)
+    seconds = time.time() - t0
+    meta = {
+        "checkpoint": str(Path(ns.checkpoint).resolve()),
+        "checkpoint_digest": file_digest(ns.checkpoint),
+        "fasta": str(Path(ns.fasta).resolve()),
+        "model": dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else str(model_cfg),
+        "pooling": "mean over residue tokens (no <cls>/<eos>/padding/<unk>)",
+        "options": {"max_tokens": ns.max_tokens, "max_length": ns.max_length, "long": ns.long,
+                    "per_residue": ns.per_residue, "half": ns.half, "format": ns.format},
+        "n_sequences": len(names),
+        "n_cropped": result.n_cropped,
+        "d_model": int(result.mean.shape[1]),
+        "seconds": round(seconds, 3),
+        "torch": torch.__version__,
+    }
+    out = write_embeddings(ns.out, names, result, ns.format, ns.half, meta)
+    cropped = f"; {result.n_cropped} cropped to {ns.max_length} residues" if result.n_cropped else ""
+    print(f"lcplm embed: {len(names)} sequences, d={result.mean.shape[1]}, {seconds:.1f} s -> {out}{cropped}")
+    return 0
