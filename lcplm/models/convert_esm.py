@@ -138,9 +138,9 @@ def load_hf_directory(path: str | Path, **overrides: Any) -> SparseGenomeLM:
 def save_lcplm_checkpoint(model: SparseGenomeLM, path: str | Path) -> None:
     """Write ``model`` as an lcplm checkpoint (what ``run.init_from`` and ``load_model`` read)."""
     from lcplm.config import PretrainConfig, to_dict
-    from lcplm.data.datamodules.genome import GenomeDataConfig
 
-    config = to_dict(PretrainConfig(model=model.cfg, data=GenomeDataConfig()))
+    # data as a plain {"name": ...}: models never import the (Lightning) datamodules
+    config = to_dict(PretrainConfig(model=model.cfg, data={"name": "genome"}))
     state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
