@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lcplm.config import OptimConfig
+from lcplm.data.tokenizer import MASK
 from lcplm.tasks.optim import build_optimizer
 
 IGNORE_INDEX = -100
@@ -50,6 +51,9 @@ class MLMTask(L.LightningModule):
         self.save_hyperparameters({"config": config or {}})
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()
+        # loss at targets shown as <mask> only: the model must infer them from context, so
+        # this is the number to compare with a context-free (unigram) baseline
+        self.val_mask_loss = MeanMetric()
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(**inputs)
@@ -81,11 +85,21 @@ class MLMTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, n, correct = self._step(batch)
-        if n > 0:
-            # token-weighted means: the epoch value is total loss / total targets, across ranks
-            self.val_loss.update(loss.detach(), weight=n)
-            self.val_acc.update(correct.float() / n, weight=n)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        labels = batch["labels"]
+        logits = self.model(**inputs)
+        target = labels != IGNORE_INDEX
+        if not bool(target.any()):
+            return
+        y = labels[target]
+        sel = logits[target].float()
+        token_loss = F.cross_entropy(sel, y, reduction="none")
+        shown_mask = batch["input_ids"][target] == MASK
+        # token-weighted means: the epoch value is total loss / total targets, across ranks
+        self.val_loss.update(token_loss.mean(), weight=token_loss.numel())
+        self.val_acc.update((sel.argmax(-1) == y).float().mean(), weight=token_loss.numel())
+        if bool(shown_mask.any()):
+            self.val_mask_loss.update(token_loss[shown_mask].mean(), weight=int(shown_mask.sum()))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.world_size == 1 and float(self.val_loss.weight) == 0.0:
@@ -94,8 +108,9 @@ class MLMTask(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/perplexity", torch.exp(loss.clamp(max=50)))
         self.log("val/masked_acc", self.val_acc.compute())
-        self.val_loss.reset()
-        self.val_acc.reset()
+        self.log("val/mask_token_loss", self.val_mask_loss.compute())
+        for m in (self.val_loss, self.val_acc, self.val_mask_loss):
+            m.reset()
 
     def configure_optimizers(self) -> Any:
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
