@@ -15,7 +15,8 @@ machine's load):
   density >= 0.1 (target >= 0.85);
 - CPU: the block-wise reference vs dense SDPA with a boolean mask (fwd, fwd+bwd), and the
   time and peak memory of a 61,440-token forward+backward through the reference (measured in
-  a child process so that its peak RSS is its own).
+  a child process so that its peak RSS is its own). CPU rows use one torch thread and this
+  process's CPU time, which other processes on a shared machine do not inflate.
 Before any timing, each backend is checked against the fp32 reference on a small case; a
 failing check stops the run instead of printing speedups of a wrong kernel.
 
@@ -132,13 +133,18 @@ def random_density_case(n_tokens: int, block: int, density: float, seed: int = 0
 
 
 def cpu_time(fn, repeat: int) -> float:
-    """Median wall time (ms) of fn over repeat runs after one warm-up."""
+    """Median CPU time (ms) of this process for fn over repeat runs after one warm-up.
+
+    CPU rows run with one torch thread and count this process's CPU time, not wall time:
+    on a shared machine other processes' load then slows both sides alike without adding
+    their waiting time to either.
+    """
     fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return 1e3 * statistics.median(times)
 
 
@@ -172,7 +178,9 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def bench_layout_build(device: str, repeat: int) -> None:
-    print(f"\n## Layout build ({device}), 64 x 64 tiles: min / median of {repeat} builds")
+    clock = time.perf_counter if device == "cuda" else time.process_time
+    what = "wall time" if device == "cuda" else "CPU time, 1 thread"
+    print(f"\n## Layout build ({device}, {what}), 64 x 64 tiles: min / median of {repeat} builds")
     pid, allowed, name = genome_case(GENOME_TOKENS)
     syn = synthetic_genome_pid(GENOME_TOKENS, 300)
     cases = [
@@ -187,11 +195,11 @@ def bench_layout_build(device: str, repeat: int) -> None:
         for _ in range(repeat):
             if device == "cuda":
                 torch.cuda.synchronize()
-            t = time.perf_counter()
+            t = clock()
             layout = build_layout(p, a)
             if device == "cuda":
                 torch.cuda.synchronize()
-            times.append(1e3 * (time.perf_counter() - t))
+            times.append(1e3 * (clock() - t))
         print(
             f"{label}: L={p.shape[1]}, {a.shape[0]} proteins, density {layout.density:.4f} "
             f"({layout.num_tiles} tiles, {layout.num_full_tiles} full): "
@@ -214,7 +222,7 @@ def bench_cpu(lengths, head_dim: int, heads: int, repeat: int) -> None:
     check_cpu_reference()
     print(
         f"\n## CPU: block-wise reference vs dense SDPA with a boolean mask "
-        f"(fp32, B=1, H={heads}, D={head_dim}, 64 x 64 tiles; median of {repeat})"
+        f"(fp32, B=1, H={heads}, D={head_dim}, 64 x 64 tiles; CPU ms, 1 thread, median of {repeat})"
     )
     print("| L | layout | density | reference fwd ms | SDPA+mask fwd ms | fwd speedup | reference fwd+bwd ms | SDPA+mask fwd+bwd ms | fwd+bwd speedup |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -240,6 +248,7 @@ def bench_cpu(lengths, head_dim: int, heads: int, repeat: int) -> None:
 
 def memory_child(heads: int, head_dim: int) -> None:
     """Run in a child process: 61,440-token fwd+bwd through the block-wise reference."""
+    torch.set_num_threads(1)
 
     def rss_kb(field: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -253,14 +262,14 @@ def memory_child(heads: int, head_dim: int) -> None:
     q, k, v, dout = (torch.randn(1, heads, GENOME_TOKENS, head_dim, generator=gen) for _ in range(4))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     before = rss_kb("VmRSS")
-    t = time.perf_counter()
+    t, w = time.process_time(), time.perf_counter()
     out = block_sparse_attn(q, k, v, layout)
-    t_fwd = time.perf_counter() - t
+    t_fwd = time.process_time() - t
     out.backward(dout)
-    t_all = time.perf_counter() - t
+    t_all, wall = time.process_time() - t, time.perf_counter() - w
     print(json.dumps({
         "layout": name, "density": layout.density, "tiles": layout.num_tiles,
-        "fwd_s": t_fwd, "fwd_bwd_s": t_all, "rss_before_mb": before / 1024,
+        "fwd_s": t_fwd, "fwd_bwd_s": t_all, "wall_s": wall, "rss_before_mb": before / 1024,
         "peak_mb": rss_kb("VmHWM") / 1024,
         "dense_scores_gb": GENOME_TOKENS**2 * heads * 4 / 1e9,
     }))
@@ -268,15 +277,15 @@ def memory_child(heads: int, head_dim: int) -> None:
 
 def bench_cpu_memory(heads: int, head_dim: int) -> None:
     cmd = [sys.executable, __file__, "--memory-child", "--heads", str(heads), "--head-dim", str(head_dim)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if res.returncode != 0:
         print(f"\n61,440-token memory run failed:\n{res.stderr[-2000:]}")
         return
     r = json.loads(res.stdout.strip().splitlines()[-1])
     print(
         f"\n## CPU: 61,440-token forward+backward through the block-wise reference (fp32, B=1, H={heads}, D={head_dim})\n"
-        f"{r['layout']}: density {r['density']:.4f} ({r['tiles']} tiles); forward {r['fwd_s']:.2f} s, "
-        f"forward+backward {r['fwd_bwd_s']:.2f} s; peak RSS {r['peak_mb']:.0f} MB "
+        f"{r['layout']}: density {r['density']:.4f} ({r['tiles']} tiles); CPU time (1 thread): forward "
+        f"{r['fwd_s']:.2f} s, forward+backward {r['fwd_bwd_s']:.2f} s (wall {r['wall_s']:.2f} s); peak RSS {r['peak_mb']:.0f} MB "
         f"({r['peak_mb'] - r['rss_before_mb']:.0f} MB above the process with its inputs); "
         f"dense fp32 scores alone would take {r['dense_scores_gb']:.1f} GB"
     )
@@ -400,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args.heads, args.head_dim)
         return 0
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cpu":
+        torch.set_num_threads(1)
     print("# Block-sparse attention benchmark (benchmarks/ops/bench_block_sparse_attn.py)")
     print(header(device))
     bench_layout_build("cpu", repeat=20)

@@ -143,7 +143,17 @@ def _segments(pid_ext: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Te
     return b * -(-L // block) + torch.div(pos, block, rounding_mode="floor"), pid_ext[b, pos]
 
 
-def _pairs_by_join(q_row, q_pid, k_row, k_pid, allowed_ext, nq: int, nk: int, q_per_protein, k_per_protein):
+def _pairs_by_join(
+    q_row: torch.Tensor,
+    q_pid: torch.Tensor,
+    k_row: torch.Tensor,
+    k_pid: torch.Tensor,
+    allowed_ext: torch.Tensor,
+    nq: int,
+    nk: int,
+    q_per_protein: torch.Tensor,
+    k_per_protein: torch.Tensor,
+) -> torch.Tensor:
     """Allowed segment pairs per tile, (B, nk, nq), by joining segments through allowed pairs.
 
     Work O(allowed pairs + joined segment pairs + B * nq * nk): the cheap path for sparse
@@ -170,7 +180,17 @@ def _pairs_by_join(q_row, q_pid, k_row, k_pid, allowed_ext, nq: int, nk: int, q_
     return torch.bincount(tile, minlength=B * nk * nq).view(B, nk, nq)
 
 
-def _pairs_by_incidence(q_row, q_pid, k_row, k_pid, allowed_ext, nq: int, nk: int, q_per_protein, k_per_protein):
+def _pairs_by_incidence(
+    q_row: torch.Tensor,
+    q_pid: torch.Tensor,
+    k_row: torch.Tensor,
+    k_pid: torch.Tensor,
+    allowed_ext: torch.Tensor,
+    nq: int,
+    nk: int,
+    q_per_protein: torch.Tensor,
+    k_per_protein: torch.Tensor,
+) -> torch.Tensor:
     """Same result as :func:`_pairs_by_join`, through per-block protein incidence.
 
     Work O(S * (P + nq) + B * nq * nk) whatever the density: the cheap path for dense ``allowed``.
@@ -255,7 +275,7 @@ def build_layout(pid: torch.Tensor, allowed: torch.Tensor, block_m: int = 64, bl
     q_inside = (torch.arange(nq, device=dev) + 1) * block_m <= L
     k_inside = (torch.arange(nk, device=dev) + 1) * block_n <= L
 
-    def csr(pairs_rc: torch.Tensor, segs_r: torch.Tensor, segs_c: torch.Tensor, inside_r, inside_c):
+    def csr(pairs_rc: torch.Tensor, segs_r: torch.Tensor, segs_c: torch.Tensor, inside_r: torch.Tensor, inside_c: torch.Tensor):
         b, r, c = pairs_rc.nonzero(as_tuple=True)
         full = (pairs_rc[b, r, c] == segs_r[b, r] * segs_c[b, c]) & inside_r[r] & inside_c[c]
         return _csr(b * pairs_rc.shape[1] + r, c, full, pairs_rc.shape[0] * pairs_rc.shape[1])

@@ -101,7 +101,7 @@ class _Blocked:
         pid[:, :L] = layout.kernel_pid
         self.pid_q = pid[:, : self.nq * self.bm].reshape(B * self.nq, self.bm)
         self.pid_k = pid[:, : self.nk * self.bn].reshape(B * self.nk, self.bn)
-        self.allowed = layout.kernel_allowed.bool().reshape(-1)
+        self.allowed = layout.kernel_allowed.bool().reshape(-1, self.P1)
         self.ptr, self.fptr = layout.q_ptr.long(), layout.q_full_ptr.long()
         self.n_part, self.n_full = self.ptr[1:] - self.ptr[:-1], self.fptr[1:] - self.fptr[:-1]
 
@@ -120,17 +120,20 @@ class _Blocked:
     def chunks(self):
         """Yield one chunk of query rows at a time, as a dict of index tensors.
 
-        Rows come in the layout's order (decreasing tile count) so that padding a chunk to
-        its widest row wastes little; a chunk holds about _CHUNK_ELEMS scores. Each row's
-        partial tiles are padded to ``cp`` and its full tiles to ``cf`` entries.
+        Rows come in the layout's order (decreasing tile count) and a chunk only takes rows
+        with at least 3/4 of its first row's tiles, so padding every row to the widest wastes
+        at most a quarter; a chunk holds about _CHUNK_ELEMS scores. Each row's partial tiles
+        are padded to ``cp`` and its full tiles to ``cf`` entries.
         """
         order = self.layout.q_order.long()
-        total = self.n_part + self.n_full
-        order = order[total[order] > 0]
+        total = (self.n_part + self.n_full)[order]
+        order, total = order[total > 0], total[total > 0]
         per_tile = self.H * self.bm * self.bn
         start = 0
         while start < order.numel():
-            n_rows = max(1, _CHUNK_ELEMS // (int(total[order[start]]) * per_tile))
+            widest = int(total[start])
+            similar = int((total[start:] * 4 >= widest * 3).sum())
+            n_rows = min(similar, max(1, _CHUNK_ELEMS // (widest * per_tile)))
             rows = order[start : start + n_rows]
             start += rows.numel()
             npart, nfull = self.n_part[rows], self.n_full[rows]
@@ -155,9 +158,11 @@ class _Blocked:
         R, cp = c["part_ok"].shape
         pq = self.pid_q[c["rows"]]
         pk = self.pid_k[c["krows"][:, :cp]]
-        pk = torch.where(c["part_ok"][:, :, None], pk, self.P1 - 1).reshape(R, cp * self.bn)
-        base = (c["b"][:, None] * self.P1 + pq) * self.P1
-        return self.allowed[base[:, :, None] + pk[:, None, :]], c["full_ok"]
+        pk = torch.where(c["part_ok"][:, :, None], pk, self.P1 - 1).reshape(R, 1, cp * self.bn)
+        # each query's row of allowed (R, bm, P+1), then one gather along it: no int64 index
+        # of the chunk's full size is ever materialised
+        rows = self.allowed[c["b"][:, None] * self.P1 + pq]
+        return torch.gather(rows, 2, pk.expand(R, self.bm, -1)), c["full_ok"]
 
     def scores(self, c: dict, qp, kp, scale: float):
         """q tile (H, R, bm, D), gathered k (H, R, c*bn, D) and masked scores (H, R, bm, c*bn)."""
@@ -193,7 +198,7 @@ class _BlockwiseAttn(torch.autograd.Function):
             _, _, s = blk.scores(c, qp, kp, scale)
             m = s.amax(dim=-1, keepdim=True)
             m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-            p = torch.exp(s.sub_(m))
+            p = s.sub_(m).exp_()
             denom = p.sum(dim=-1, keepdim=True)
             vt = vp.index_select(1, c["krows"].reshape(-1)).view(blk.H, R, cc * blk.bn, -1)
             o = torch.matmul(p, vt).div_(torch.where(denom == 0, torch.ones_like(denom), denom))
@@ -218,7 +223,7 @@ class _BlockwiseAttn(torch.autograd.Function):
         for c in blk.chunks():
             R, cc = c["krows"].shape
             qt, kt, s = blk.scores(c, qp, kp, scale)
-            p = torch.exp(s.sub_(lse.index_select(1, c["rows"])[..., None]))
+            p = s.sub_(lse.index_select(1, c["rows"])[..., None]).exp_()
             do = dop.index_select(1, c["rows"])
             vt = vp.index_select(1, c["krows"].reshape(-1)).view(blk.H, R, cc * blk.bn, -1)
             ds = torch.matmul(do, vt.transpose(-1, -2)).sub_(delta.index_select(1, c["rows"])[..., None]).mul_(p)
