@@ -160,24 +160,68 @@ def causal_conv1d(
     start read zeros, so no window crosses a boundary. Returns (B, E, L) in x's dtype.
 
     On CUDA tensors without ``positions``, causal-conv1d's kernel runs when importable
-    (``backend`` auto or cuda, K <= 4); otherwise a sum of K shifted copies, the same arithmetic for
-    padded and packed batches.
+    (``backend`` auto or cuda, K <= 4); otherwise a sum of K shifted copies (the same
+    arithmetic for padded and packed batches) whose autograd keeps only x.
     """
     k = weight.shape[1]
     # the kernel supports windows of 2 to 4 steps
     if x.is_cuda and positions is None and backend in ("auto", "cuda") and 2 <= k <= 4 and causal_conv1d_fn() is not None:
-        return causal_conv1d_fn()(x, weight, bias, activation="silu" if silu else None)
-    length = x.shape[-1]
-    w = weight.to(x.dtype)
+        # contiguous (B, E, L), the layout mamba-ssm itself feeds the kernel
+        return causal_conv1d_fn()(x.contiguous(), weight, bias, activation="silu" if silu else None)
+    return _CausalConv.apply(x, weight, bias, positions, silu)
+
+
+def _conv_taps(x: Tensor, w: Tensor, bias: Optional[Tensor], positions: Optional[Tensor]) -> Tensor:
+    """sum_j w[:, K-1-j] * x[t-j] (zero where t-j precedes the sequence start) + bias."""
+    k, length = w.shape[1], x.shape[-1]
     out = x * w[:, k - 1, None]
     for j in range(1, min(k, length)):
-        tap = F.pad(x[..., : length - j], (j, 0)) * w[:, k - 1 - j, None]
+        tap = x[..., : length - j] * w[:, k - 1 - j, None]
         if positions is not None:
-            tap = tap * (positions >= j).to(x.dtype).unsqueeze(-2)
-        out = out + tap
+            tap = tap * (positions[..., j:] >= j).to(x.dtype).unsqueeze(-2)
+        out[..., j:] += tap
     if bias is not None:
         out = out + bias.to(x.dtype)[:, None]
-    return F.silu(out) if silu else out
+    return out
+
+
+class _CausalConv(torch.autograd.Function):
+    """Causal depthwise conv (+ SiLU) that saves only its input: the autograd graph would
+    otherwise keep K shifted copies and the pre-activation, 5x the input's memory."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, positions, silu):
+        pre = _conv_taps(x, weight.to(x.dtype), bias, positions)
+        ctx.save_for_backward(x, weight, bias, positions)
+        ctx.silu = silu
+        return F.silu(pre) if silu else pre
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias, positions = ctx.saved_tensors
+        k, length = weight.shape[1], x.shape[-1]
+        w = weight.to(x.dtype)
+        if ctx.silu:
+            pre = _conv_taps(x, w, bias, positions).float()
+            sig = torch.sigmoid(pre)
+            dpre = dout.float() * sig * (1 + pre * (1 - sig))
+        else:
+            dpre = dout.float()
+        xf = x.float()
+        dw = torch.empty(weight.shape, dtype=torch.float32, device=x.device)
+        dw[:, k - 1] = (dpre * xf).sum((0, 2))
+        dx = dpre * w[:, k - 1, None].float()
+        for j in range(1, k):
+            if j >= length:
+                dw[:, k - 1 - j] = 0
+                continue
+            g = dpre[..., j:]
+            if positions is not None:
+                g = g * (positions[..., j:] >= j).float().unsqueeze(-2)
+            dw[:, k - 1 - j] = (g * xf[..., : length - j]).sum((0, 2))
+            dx[..., : length - j] += g * w[:, k - 1 - j, None].float()
+        dbias = dpre.sum((0, 2)).to(bias.dtype) if bias is not None else None
+        return dx.to(x.dtype), dw.to(weight.dtype), dbias, None, None
 
 
 # ======================================================================================

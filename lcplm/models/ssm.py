@@ -242,7 +242,8 @@ def _states(a: Tensor, b: Tensor, p: Optional[Tensor], h0: Tensor, nsub: int) ->
     torch.addcmul(b3[:, 0], a3[:, 0], enter, out=h3[:, 0])
     for t in range(1, T):
         torch.addcmul(b3[:, t], a3[:, t], h3[:, t - 1], out=h3[:, t])
-    return h, h3[-1, -1]
+    # a copy: a view would keep the whole chunk's states alive in the autograd graph
+    return h, h3[-1, -1].clone()
 
 
 def _adjoints(a: Tensor, g: Tensor, p: Optional[Tensor], g_end: Tensor, nsub: int) -> Tensor:

@@ -1,0 +1,199 @@
+"""Selective scan on CPU (issue 3): the chunked scan vs the sequential reference, side by side.
+
+    .venv/bin/python benchmarks/model/scan_cpu.py [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/model/scan_cpu.py --mamba-style        # + mamba-ssm-style reference
+    .venv/bin/python benchmarks/model/scan_cpu.py memory [--lengths 4000 16000 32000 61000]
+
+``scan`` (default): fwd and fwd+bwd time of ``selective_scan_chunked`` and
+``selective_scan_ref`` at the issue's shape (batch 4, d_inner 256, d_state 16, L 4096, fp32,
+z, D, delta_bias, softplus) and at a small-state shape (one sequence through a d_model-64
+layer: batch 1, d_inner 128), best of ``--repeats`` alternating runs, their ratio, and the
+chunked scan's max errors against the reference (output and every gradient).
+``--mamba-style`` adds mamba-ssm's way of writing the reference (index a precomputed
+(B, D, L, N) tensor at every step; its autograd backward is quadratic in L) at L 1024.
+
+``memory``: forward + backward of one sequence of L residues through a 2-layer d_model-64
+BiMamba-S, one subprocess per L so each peak RSS is clean; prints time, peak RSS, the growth
+over the smallest L and the bytes per residue of that growth (linear memory: constant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lcplm.models.ssm import selective_scan_chunked, selective_scan_ref
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def header(threads: int) -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = "unknown"
+    try:
+        import triton
+
+        tv = triton.__version__
+    except ImportError:
+        tv = "not installed"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, load average {load}\n"
+        f"python {platform.python_version()}, torch {torch.__version__}, triton {tv}, git {rev}, "
+        f"torch threads {threads}"
+    )
+
+
+def inputs(batch: int, dim: int, nstate: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = [
+        torch.randn(batch, dim, length, generator=g),  # u
+        0.5 * torch.rand(batch, dim, length, generator=g),  # delta
+        -0.5 * torch.rand(dim, nstate, generator=g),  # A
+        torch.randn(batch, nstate, length, generator=g),  # B
+        torch.randn(batch, nstate, length, generator=g),  # C
+        torch.randn(dim, generator=g),  # D
+        torch.randn(batch, dim, length, generator=g),  # z
+        0.5 * torch.rand(dim, generator=g),  # delta_bias
+    ]
+    return [x.requires_grad_() for x in t]
+
+
+def mamba_style_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
+    """The sequential scan written as mamba-ssm's reference is: precompute exp(delta A) and
+    delta B u as (B, D, L, N) tensors and index them at every step. Autograd's backward of
+    each index allocates a full-size gradient, so the backward is quadratic in L."""
+    delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    inp = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        h = decay[:, :, i] * h + inp[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    y = torch.stack(ys, dim=2) + D[:, None] * u
+    return y * F.silu(z)
+
+
+def run_once(fn, args, gout) -> tuple[float, float, torch.Tensor, list[torch.Tensor]]:
+    for a in args:
+        a.grad = None
+    u, delta, A, B, C, D, z, db = args
+    t0 = time.perf_counter()
+    out = fn(u, delta, A, B, C, D, z=z, delta_bias=db, delta_softplus=True)
+    t1 = time.perf_counter()
+    out.backward(gout)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t0, out.detach(), [a.grad.clone() for a in args]
+
+
+def compare(name: str, shape: tuple[int, int, int, int], repeats: int, ref_fn=selective_scan_ref, ref_name="reference") -> None:
+    batch, dim, nstate, length = shape
+    args = inputs(batch, dim, nstate, length)
+    gout = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
+    run_once(selective_scan_chunked, args, gout)  # warm-up: allocator, thread pool
+    best = {"chunked": [float("inf")] * 2, ref_name: [float("inf")] * 2}
+    res = {}
+    for _ in range(repeats):  # alternate, so load changes hit both sides alike
+        for label, fn in (("chunked", selective_scan_chunked), (ref_name, ref_fn)):
+            fwd, total, out, grads = run_once(fn, args, gout)
+            best[label] = [min(best[label][0], fwd), min(best[label][1], total)]
+            res[label] = (out, grads)
+    c, r = best["chunked"], best[ref_name]
+    print(f"\n{name}: batch {batch}, d_inner {dim}, d_state {nstate}, L {length}, fp32 (best of {repeats})")
+    print(f"  {'':<12} {'fwd s':>9} {'fwd+bwd s':>10}")
+    print(f"  {ref_name:<12} {r[0]:>9.3f} {r[1]:>10.3f}")
+    print(f"  {'chunked':<12} {c[0]:>9.3f} {c[1]:>10.3f}")
+    print(f"  ratio        {r[0] / c[0]:>8.1f}x {r[1] / c[1]:>9.1f}x   ({ref_name} time / chunked time)")
+    (oc, gc), (orf, gr) = res["chunked"], res[ref_name]
+    errs = [f"out {(oc - orf).abs().max().item():.1e}"]
+    for n, a, b in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"), gc, gr):
+        errs.append(f"{n} {(a - b).abs().max().item():.1e} (of {b.abs().max().item():.1e})")
+    print("  max |chunked - " + ref_name + "|: " + ", ".join(errs))
+
+
+def scan_main(ns: argparse.Namespace) -> None:
+    torch.set_num_threads(ns.threads)
+    print(header(ns.threads))
+    compare("issue 3 shape", (4, 256, 16, ns.length), ns.repeats)
+    compare("small state (one sequence, d_model 64 layer)", (1, 128, 16, 8192), ns.repeats)
+    if ns.mamba_style:
+        compare("vs mamba-style reference", (4, 256, 16, 1024), 1, mamba_style_ref, "mamba-style")
+
+
+def memory_child(length: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
+
+    torch.manual_seed(0)
+    model = BiMambaLM(BiMambaConfig(d_model=64, n_layer=2))
+    ids = torch.randint(4, 29, (1, length))
+    model(ids[:, :64]).sum().backward()  # warm-up at a tiny length
+    model.zero_grad()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    logits = model(ids)
+    torch.nn.functional.cross_entropy(logits[0], ids[0]).backward()
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"L": length, "seconds": dt, "peak_mib": peak / 1024, "base_mib": base / 1024}))
+
+
+def memory_main(ns: argparse.Namespace) -> None:
+    print(header(ns.threads))
+    print("\nforward + backward, one sequence, BiMamba-S d_model 64, 2 layers (chunked scan), one process per L")
+    rows = []
+    for length in ns.lengths:
+        cmd = [sys.executable, __file__, "memory-child", str(length), "--threads", str(ns.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        rows.append(json.loads(out))
+    print(f"  {'L':>7} {'time s':>8} {'peak RSS MiB':>13} {'growth MiB':>11} {'bytes/residue':>14}")
+    first = rows[0]
+    for r in rows:
+        growth = r["peak_mib"] - first["peak_mib"]
+        per = growth * 2**20 / (r["L"] - first["L"]) if r["L"] != first["L"] else float("nan")
+        print(f"  {r['L']:>7} {r['seconds']:>8.2f} {r['peak_mib']:>13.1f} {growth:>11.1f} {per:>14.0f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", nargs="?", default="scan", choices=["scan", "memory", "memory-child"])
+    p.add_argument("child_length", nargs="?", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--length", type=int, default=4096)
+    p.add_argument("--mamba-style", action="store_true", help="also time mamba-ssm's reference formulation at L 1024")
+    p.add_argument("--lengths", type=int, nargs="+", default=[4000, 16000, 32000, 61000])
+    ns = p.parse_args()
+    if ns.mode == "memory-child":
+        memory_child(ns.child_length, ns.threads)
+    elif ns.mode == "memory":
+        memory_main(ns)
+    else:
+        scan_main(ns)
+
+
+if __name__ == "__main__":
+    main()
