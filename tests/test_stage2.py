@@ -274,3 +274,12 @@ def test_stage2_run_starts_from_stage1_checkpoint_and_val_loss_falls(graph_files
     assert end < start - 0.05, f"stage-2 validation loss did not fall: {start:.4f} -> {end:.4f}"
     saved = json.loads((tmp_path / "runs" / "s2" / "results.json").read_text())
     assert saved["global_step"] == 40
+
+
+def test_missing_stage1_checkpoint_says_to_run_make_pretrain(tmp_path, monkeypatch):
+    from lcplm.train.run import train
+
+    monkeypatch.chdir(tmp_path)  # no runs/tiny/checkpoints/last.ckpt here
+    cfg = load_config(REPO / "experiments" / "graph" / "yeast_tiny.yaml", ["trainer.progress_bar=false"])
+    with pytest.raises(UserError, match=r"run\.init_from: checkpoint runs/tiny/checkpoints/last\.ckpt not found.*make pretrain"):
+        train(cfg)

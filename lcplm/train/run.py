@@ -170,6 +170,11 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     datamodule = build_datamodule(cfg.data, seed=cfg.run.seed)
     model = build_model(cfg.model)
     if cfg.run.init_from and ckpt_path is None:
+        if not Path(cfg.run.init_from).is_file():
+            raise UserError(
+                f"run.init_from: checkpoint {cfg.run.init_from} not found; run the training that writes it first "
+                "(stage 2's default, experiments/graph/yeast_tiny.yaml, starts from `make pretrain`)"
+            )
         load_weights(model, cfg.run.init_from)
     task = MLMTask(model, cfg.optim, config=to_dict(cfg))
     trainer = build_trainer(cfg, out, extra_callbacks)
