@@ -21,6 +21,7 @@ Before any timing, each backend is checked against the fp32 reference on a small
 failing check stops the run instead of printing speedups of a wrong kernel.
 
     .venv/bin/python benchmarks/ops/bench_block_sparse_attn.py [--device auto|cpu|cuda] [--quick]
+        [--only layout|attention|memory] [--block 128] [--no-reference]
 """
 
 from __future__ import annotations
@@ -403,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="GPU: skip the block-wise reference rows")
     ap.add_argument("--heads", type=int, default=2, help="CPU: heads")
     ap.add_argument("--head-dim", type=int, default=64, help="CPU: head dim")
+    ap.add_argument("--only", choices=("layout", "attention", "memory"), help="run one section")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -413,13 +415,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     print("# Block-sparse attention benchmark (benchmarks/ops/bench_block_sparse_attn.py)")
     print(header(device))
-    bench_layout_build("cpu", repeat=20)
-    if device == "cuda":
-        bench_layout_build("cuda", repeat=20)
-        lengths = (8192, 16384) if args.quick else (8192, 16384, 32768, GENOME_TOKENS)
-        bench_gpu(lengths, (64, 128), args.block, not args.no_reference)
-    else:
-        bench_cpu((2048, 4096) if args.quick else (2048, 4096, 8192), args.head_dim, args.heads, repeat=3)
+    if args.only in (None, "layout"):
+        bench_layout_build("cpu", repeat=20)
+        if device == "cuda":
+            bench_layout_build("cuda", repeat=20)
+    if args.only in (None, "attention"):
+        if device == "cuda":
+            lengths = (8192, 16384) if args.quick else (8192, 16384, 32768, GENOME_TOKENS)
+            bench_gpu(lengths, (64, 128), args.block, not args.no_reference)
+        else:
+            bench_cpu((2048, 4096) if args.quick else (2048, 4096, 8192), args.head_dim, args.heads, repeat=3)
+    if args.only in (None, "memory"):
         bench_cpu_memory(args.heads, args.head_dim)
     return 0
 
