@@ -122,8 +122,9 @@ class _Blocked:
 
         Rows come in the layout's order (decreasing tile count) and a chunk only takes rows
         with at least 3/4 of its first row's tiles, so padding every row to the widest wastes
-        at most a quarter; a chunk holds about _CHUNK_ELEMS scores. Each row's partial tiles
-        are padded to ``cp`` and its full tiles to ``cf`` entries.
+        at most a quarter; a chunk holds about _CHUNK_ELEMS scores. Partial and full tiles are
+        treated alike: the token mask from pid/allowed decides, so this path checks the
+        layout's tile set but does not rely on its full/partial split.
         """
         order = self.layout.q_order.long()
         total = (self.n_part + self.n_full)[order]
@@ -136,33 +137,27 @@ class _Blocked:
             n_rows = min(similar, max(1, _CHUNK_ELEMS // (widest * per_tile)))
             rows = order[start : start + n_rows]
             start += rows.numel()
-            npart, nfull = self.n_part[rows], self.n_full[rows]
-            cp, cf = int(npart.max()), int(nfull.max())
-            jp = torch.arange(cp, device=rows.device)
-            jf = torch.arange(cf, device=rows.device)
-            part_ok = jp < npart[:, None]
-            full_ok = jf < nfull[:, None]
+            npart, nfull = self.n_part[rows, None], self.n_full[rows, None]
+            j = torch.arange(widest, device=rows.device)
+            in_part = j < npart
+            ok = j < npart + nfull
+            kb = torch.where(
+                in_part,
+                _take(self.layout.q_idx, self.ptr[rows, None] + j, in_part),
+                _take(self.layout.q_full_idx, self.fptr[rows, None] + j - npart, ok & ~in_part),
+            )
             b = torch.div(rows, self.nq, rounding_mode="floor")
-            kb_part = _take(self.layout.q_idx, self.ptr[rows, None] + jp, part_ok)
-            kb_full = _take(self.layout.q_full_idx, self.fptr[rows, None] + jf, full_ok)
-            yield {
-                "rows": rows,
-                "b": b,
-                "krows": b[:, None] * self.nk + torch.cat([kb_part, kb_full], dim=1),
-                "part_ok": part_ok,
-                "full_ok": full_ok,
-            }
+            yield {"rows": rows, "b": b, "krows": b[:, None] * self.nk + kb, "ok": ok}
 
-    def mask(self, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token mask of the partial tiles (R, bm, cp*bn) and entry mask of the full ones (R, cf)."""
-        R, cp = c["part_ok"].shape
+    def mask(self, c: dict) -> torch.Tensor:
+        """(R, bm, c*bn) bool token mask of a chunk; padding entries are all False."""
+        R, cc = c["ok"].shape
         pq = self.pid_q[c["rows"]]
-        pk = self.pid_k[c["krows"][:, :cp]]
-        pk = torch.where(c["part_ok"][:, :, None], pk, self.P1 - 1).reshape(R, 1, cp * self.bn)
+        pk = torch.where(c["ok"][:, :, None], self.pid_k[c["krows"]], self.P1 - 1).reshape(R, 1, cc * self.bn)
         # each query's row of allowed (R, bm, P+1), then one gather along it: no int64 index
         # of the chunk's full size is ever materialised
         rows = self.allowed[c["b"][:, None] * self.P1 + pq]
-        return torch.gather(rows, 2, pk.expand(R, self.bm, -1)), c["full_ok"]
+        return torch.gather(rows, 2, pk.expand(R, self.bm, -1))
 
     def scores(self, c: dict, qp, kp, scale: float):
         """q tile (H, R, bm, D), gathered k (H, R, c*bn, D) and masked scores (H, R, bm, c*bn)."""
@@ -170,18 +165,14 @@ class _Blocked:
         qt = qp.index_select(1, c["rows"])
         kt = kp.index_select(1, c["krows"].reshape(-1)).view(self.H, R, cc * self.bn, -1)
         s = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale)
-        part_mask, full_ok = self.mask(c)
-        cp = c["part_ok"].shape[1] * self.bn
-        s[..., :cp].masked_fill_(~part_mask, float("-inf"))
-        s[..., cp:].view(self.H, R, self.bm, -1, self.bn).masked_fill_(~full_ok[:, None, :, None], float("-inf"))
-        return qt, kt, s
+        return qt, kt, s.masked_fill_(~self.mask(c), float("-inf"))
 
 
 def _take(values: torch.Tensor, pos: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     """values[pos] as long where ok, 0 elsewhere (padding entries, masked out later)."""
     if values.numel() == 0:
         return torch.zeros_like(pos)
-    return torch.where(ok, values.long()[pos.clamp(max=values.numel() - 1)], 0)
+    return torch.where(ok, values.long()[pos.clamp(0, values.numel() - 1)], 0)
 
 
 class _BlockwiseAttn(torch.autograd.Function):
