@@ -9,6 +9,7 @@ interpreter's bf16 tl.dot is broken, so CPU runs cover fp32 and fp16; bf16 runs 
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -180,19 +181,35 @@ def test_gpu_layout_built_on_device_equals_cpu_layout():
 
 
 @pytest.mark.gpu
-def test_gpu_genome_scale_bf16_matches_blockwise_reference():
-    # 61,440 tokens, 300 proteins: the fp32 block-wise reference is the ground truth here
+def test_gpu_genome_scale_bf16():
+    # 61,440 tokens, 300 proteins. The forward is held to the 2x rule on sampled query rows,
+    # where dense attention in bf16 and fp32 is affordable; the gradients against the fp32
+    # block-wise reference, relative to their norm: bf16 keeps 8 mantissa bits (2^-8 = 3.9e-3
+    # per rounding), accumulation is fp32, so 1e-2 leaves room for a few roundings, not for a bug
     gen = torch.Generator().manual_seed(0)
     L, P, H, D = 61_440, 300, 2, 64
     pid = random_pid(1, L, P, gen).cuda()
-    layout = build_layout(pid, window_allowed(P, 2, device="cuda"))
-    q, k, v, dout = (torch.randn(1, H, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    allowed = window_allowed(P, 2, device="cuda")
+    layout = build_layout(pid, allowed)
+    q, k, v, dout = (torch.randn(1, H, L, D, generator=gen).cuda().to(torch.bfloat16) for _ in range(4))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    got = _fwd_bwd(lambda *x: block_sparse_attn(*x, layout), q, k, v, dout)
+    out, dq, dk, dv = _fwd_bwd(lambda *x: block_sparse_attn(*x, layout), q, k, v, dout)
     q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
     ref = _fwd_bwd(lambda *x: block_sparse_attn(*x, layout, backend="reference"), q32, k32, v32, dout.float())
-    # the same computation in bf16 with PyTorch ops, tile by tile, is the error yardstick
-    same = _fwd_bwd(lambda *x: block_sparse_attn(*x, layout, backend="reference"), q, k, v, dout)
-    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref):
-        assert torch.isfinite(g).all(), name
-    _check(got, ref, same, torch.bfloat16)
+    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), ref[1:]):
+        assert torch.isfinite(got).all(), name
+        rel = ((got.float() - want).norm() / want.norm()).item()
+        assert rel < 1e-2, f"{name}: relative error {rel:.3g}"
+    rows = torch.randperm(L, generator=gen)[:256].cuda()
+    err, err_torch = 0.0, 0.0
+    for i in rows.tolist():
+        keys = allowed[pid[0, i], pid[0]].nonzero().squeeze(1)
+        for dtype in (torch.float32, torch.bfloat16):
+            qi, ki, vi = q[0, :, i : i + 1].to(dtype), k[0, :, keys].to(dtype), v[0, :, keys].to(dtype)
+            o = torch.softmax((qi @ ki.transpose(-1, -2)) / math.sqrt(D), dim=-1) @ vi
+            if dtype == torch.float32:
+                exact = o.squeeze(1)
+            else:
+                err_torch = max(err_torch, (o.squeeze(1).float() - exact).abs().max().item())
+        err = max(err, (out[0, :, i].float() - exact).abs().max().item())
+    assert err <= 2 * err_torch + 1e-6, f"forward error {err:.3g} > 2 x PyTorch bf16 error {err_torch:.3g}"
