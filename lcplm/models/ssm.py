@@ -139,7 +139,7 @@ def selective_scan_ref(
 # ----------------------------------------------------------------------------------------
 
 _SMALL_STATE = 1 << 14  # below this many state elements per step, per-op overhead dominates
-_CHUNK_ELEMS = 1 << 20  # auto chunk: about this many elements (4 MB fp32) per work tensor
+_CHUNK_ELEMS = 1 << 19  # auto chunk: about this many elements (2 MB fp32, an L2) per work tensor
 
 
 def _plan(m: int, length: int, chunk_size: Optional[int]) -> tuple[int, int]:
@@ -158,67 +158,110 @@ def _plan(m: int, length: int, chunk_size: Optional[int]) -> tuple[int, int]:
     return nsub, -(-k // nsub)
 
 
-def _time_major(x: Tensor, padded: int) -> Tensor:
-    """(B, X, L) -> (Lp, B, X) fp32, contiguous, zero-padded at the end."""
-    x = x.float().permute(2, 0, 1)
-    if padded > x.shape[0]:
-        x = F.pad(x, (0, 0, 0, 0, 0, padded - x.shape[0]))
-    return x.contiguous()
+def _time_major(x: Tensor) -> Tensor:
+    """(B, X, L) -> time-major fp32 (L, B, X); no copy when x is time-major in memory already."""
+    bsz, width, length = x.shape
+    tm = x.permute(2, 0, 1)
+    if tm.is_contiguous():
+        return tm.float()
+    if x.is_contiguous():
+        # a 2-D transpose copy is several times faster than torch's general 3-D permute copy
+        return x.reshape(bsz * width, length).t().contiguous().view(length, bsz, width).float()
+    return tm.contiguous().float()
 
 
-class _Inputs:
-    """Time-major fp32 inputs, zero-padded to a whole number of chunks.
+def _rows(x: Tensor, l0: int, l1: int, rows: int) -> Tensor:
+    """x[l0:l1] of a time-major tensor, zero rows appended up to ``rows``."""
+    out = x[l0:l1]
+    if rows > l1 - l0:
+        out = F.pad(out, (0, 0, 0, 0, 0, rows - (l1 - l0)))
+    return out
+
+
+class _Chunk:
+    """One chunk's time-major fp32 inputs, zero-padded to K steps.
 
     Padded steps have delta = 0 (decay 1, no input) and C = 0, so they neither change the
     carried state nor produce output: the state after them is the last real step's state.
     """
 
-    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, keep, chunk_size):
-        bsz, dim, length = u.shape
-        n = A.shape[1]
-        self.nsub, self.T = _plan(bsz * dim * n, length, chunk_size)
-        self.K = self.nsub * self.T
-        lp = -(-length // self.K) * self.K
-        self.At = A.float().t().contiguous()  # (N, D)
-        self.dlt = _time_major(_prepare_delta(delta, delta_bias, delta_softplus), lp)  # (Lp, B, D)
-        self.u = _time_major(u, lp)  # (Lp, B, D)
-        self.du = self.dlt * self.u  # (Lp, B, D)
-        self.B = _time_major(B, lp)  # (Lp, B, N)
-        self.C = _time_major(C, lp)  # (Lp, B, N)
-        self.keep = None  # (Lp,): 0 at a sequence start, else 1
-        if keep is not None:
-            self.keep = F.pad(keep.float(), (0, lp - length), value=1.0)
-        self.chunks = [slice(l0, l0 + self.K) for l0 in range(0, lp, self.K)]
+    def __init__(self, scan: "_Scan", l0: int):
+        K = scan.K
+        self.l0, self.l1 = l0, min(l0 + K, scan.length)
+        self.k = self.l1 - l0
+        self.scan = scan
+        self.raw = scan.raw[self.l0 : self.l1]  # (k, B, D) delta + bias, before softplus
+        self.dlt = _rows(scan.dlt, self.l0, self.l1, K)  # (K, B, D)
+        self.u = _rows(scan.u, self.l0, self.l1, K)  # (K, B, D)
+        self.du = _rows(scan.du, self.l0, self.l1, K)  # (K, B, D)
+        self.B = _rows(scan.B, self.l0, self.l1, K)  # (K, B, N)
+        self.C = _rows(scan.C, self.l0, self.l1, K)  # (K, B, N)
+        self.keep = None  # (K,): 0 at a sequence start, else 1
+        if scan.keep is not None:
+            self.keep = F.pad(scan.keep[self.l0 : self.l1], (0, K - self.k), value=1.0)
 
-    def decays(self, sl: slice) -> Tensor:
-        """exp(delta_t * A), 0 at sequence starts: (K, B, N, D)."""
-        # broadcasting may pick a strided layout when B or K is 1; the scans need contiguous
-        a = torch.mul(self.dlt[sl, :, None, :], self.At).contiguous().exp_()
+    def decays(self) -> Tensor:
+        """exp(delta_t * A), 0 at sequence starts: (K, B, N, D), in the scan's buffer."""
+        a = torch.mul(self.dlt[:, :, None, :], self.scan.At, out=self.scan.buf_a).exp_()
         if self.keep is not None:
-            a.mul_(self.keep[sl, None, None, None])
+            a.mul_(self.keep[:, None, None, None])
         return a
 
-    def inputs(self, sl: slice) -> Tensor:
-        """delta_t * u_t * B_t: (K, B, N, D)."""
-        return (self.du[sl, :, None, :] * self.B[sl, :, :, None]).contiguous()
+    def inputs(self) -> Tensor:
+        """delta_t * u_t * B_t: (K, B, N, D), in the scan's buffer."""
+        return torch.mul(self.du[:, :, None, :], self.B[:, :, :, None], out=self.scan.buf_b)
 
-    def sub_decays(self, sl: slice) -> Optional[Tensor]:
+    def sub_decays(self) -> Optional[Tensor]:
         """Total decay of each sub-chunk, exp(A sum delta), 0 if a sequence starts in it: (nsub, M)."""
-        if self.nsub == 1:
+        nsub, T = self.scan.nsub, self.scan.T
+        if nsub == 1:
             return None
-        dlt = self.dlt[sl]
-        s = dlt.view(self.nsub, self.T, *dlt.shape[1:]).sum(1)  # (nsub, B, D)
-        p = torch.mul(s[:, :, None, :], self.At).exp_()  # (nsub, B, N, D)
+        s = self.dlt.reshape(nsub, T, *self.dlt.shape[1:]).sum(1)  # (nsub, B, D)
+        p = torch.mul(s[:, :, None, :], self.scan.At).exp_()  # (nsub, B, N, D)
         if self.keep is not None:
-            p.mul_(self.keep[sl].view(self.nsub, self.T).prod(1)[:, None, None, None])
-        return p.view(self.nsub, -1)
+            p.mul_(self.keep.view(nsub, T).prod(1)[:, None, None, None])
+        return p.view(nsub, -1)
+
+    def states(self, h0: Tensor) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Tensor]:
+        """(a, b, h, p, last state) over this chunk, from the entering state h0 (M,)."""
+        a, b, p = self.decays(), self.inputs(), self.sub_decays()
+        h, last = _states(a, b, p, h0, self.scan.nsub, self.scan.buf_h)
+        return a, b, h, p, last
 
 
-def _states(a: Tensor, b: Tensor, p: Optional[Tensor], h0: Tensor, nsub: int) -> tuple[Tensor, Tensor]:
-    """All states of h_t = a_t h_{t-1} + b_t over one chunk, from h0.
+class _Scan:
+    """One call's time-major fp32 inputs (transient, inputs-sized), chunk plan, and reusable
+    (K, B, N, D) work buffers: reused so that no chunk faults in fresh pages for them."""
 
-    a, b: (K, ...) with M elements per step; p: (nsub, M) sub-chunk decays; h0: (M,).
-    Returns h shaped like b and the last state (M,).
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, keep, chunk_size, backward=False):
+        self.bsz, self.dim, self.length = u.shape
+        self.n = A.shape[1]
+        self.nsub, self.T = _plan(self.bsz * self.dim * self.n, self.length, chunk_size)
+        self.K = self.nsub * self.T
+        self.At = A.float().t().contiguous()  # (N, D)
+        self.raw = _time_major(delta)  # (L, B, D)
+        if delta_bias is not None:
+            self.raw = self.raw + delta_bias.float()
+        self.dlt = F.softplus(self.raw) if delta_softplus else self.raw
+        self.u = _time_major(u)  # (L, B, D)
+        self.du = self.dlt * self.u
+        self.B = _time_major(B)  # (L, B, N)
+        self.C = _time_major(C)  # (L, B, N)
+        self.keep = keep
+        shape = (self.K, self.bsz, self.n, self.dim)
+        opts = dict(dtype=torch.float32, device=u.device)
+        self.buf_a, self.buf_b, self.buf_h = (torch.empty(shape, **opts) for _ in range(3))
+        self.buf_g = torch.empty(shape, **opts) if backward else None
+
+    def chunks(self) -> list[int]:
+        return list(range(0, self.length, self.K))
+
+
+def _states(a: Tensor, b: Tensor, p: Optional[Tensor], h0: Tensor, nsub: int, out: Tensor) -> tuple[Tensor, Tensor]:
+    """All states of h_t = a_t h_{t-1} + b_t over one chunk, from h0, written to ``out``.
+
+    a, b, out: (K, ...) with M elements per step; p: (nsub, M) sub-chunk decays; h0: (M,).
+    Returns ``out`` and a copy of the last state (M,).
     """
     T = a.shape[0] // nsub
     a3 = a.view(nsub, T, -1)
@@ -237,13 +280,12 @@ def _states(a: Tensor, b: Tensor, p: Optional[Tensor], h0: Tensor, nsub: int) ->
             torch.addcmul(cur[c], p[c], enter[c], out=enter[c + 1])
         enter = enter[:nsub]
     # pass 2: the states, from the entering states
-    h = torch.empty_like(b)
-    h3 = h.view(nsub, T, -1)
+    h3 = out.view(nsub, T, -1)
     torch.addcmul(b3[:, 0], a3[:, 0], enter, out=h3[:, 0])
     for t in range(1, T):
         torch.addcmul(b3[:, t], a3[:, t], h3[:, t - 1], out=h3[:, t])
-    # a copy: a view would keep the whole chunk's states alive in the autograd graph
-    return h, h3[-1, -1].clone()
+    # a copy: a view would keep the chunk's whole buffer alive in the autograd graph
+    return out, h3[-1, -1].clone()
 
 
 def _adjoints(a: Tensor, g: Tensor, p: Optional[Tensor], g_end: Tensor, nsub: int) -> Tensor:
@@ -275,112 +317,94 @@ def _adjoints(a: Tensor, g: Tensor, p: Optional[Tensor], g_end: Tensor, nsub: in
     return a3[0, 0] * g3[0, 0]
 
 
-def _prepare_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
-    dlt = delta.float()
-    if delta_bias is not None:
-        dlt = dlt + delta_bias.float()[:, None]
-    if delta_softplus:
-        dlt = F.softplus(dlt)
-    return dlt
-
-
-def _from_time_major(x: Tensor, length: int) -> Tensor:
-    """(Lp, B, X) -> (B, X, L)."""
-    return x[:length].permute(1, 2, 0)
+def _from_time_major(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Time-major (L, B, X) -> (B, X, L) view, cast to dtype."""
+    return x.permute(1, 2, 0).to(dtype)
 
 
 class _SelectiveScanChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, keep, chunk_size):
-        bsz, dim, length = u.shape
-        n = A.shape[1]
-        x = _Inputs(u, delta, A, B, C, delta_bias, delta_softplus, keep, chunk_size)
-        y = torch.empty(x.u.shape, dtype=torch.float32, device=u.device)  # (Lp, B, D)
+        scan = _Scan(u, delta, A, B, C, delta_bias, delta_softplus, keep, chunk_size)
+        zt = _time_major(z) if z is not None else None
+        out = torch.empty(scan.length, scan.bsz, scan.dim, dtype=torch.float32, device=u.device)  # time-major
+        Df = D.float() if D is not None else None
         starts = []  # the state entering each chunk
-        s = u.new_zeros(bsz * n * dim, dtype=torch.float32)
-        for sl in x.chunks:
+        s = u.new_zeros(scan.bsz * scan.n * scan.dim, dtype=torch.float32)
+        for l0 in scan.chunks():
+            ch = _Chunk(scan, l0)
             starts.append(s)
-            h, s = _states(x.decays(sl), x.inputs(sl), x.sub_decays(sl), s, x.nsub)
-            y[sl] = torch.matmul(x.C[sl, :, None, :], h).squeeze(2)  # sum_n C_t h_t
-        y = _from_time_major(y, length)
-        if D is not None:
-            y = y + D.float()[:, None] * u.float()
-        out = y * F.silu(z.float()) if z is not None else y
+            _, _, h, _, s = ch.states(s)
+            y = torch.matmul(ch.C[:, :, None, :], h).squeeze(2)[: ch.k]  # sum_n C_t h_t: (k, B, D)
+            if Df is not None:
+                y.addcmul_(ch.u[: ch.k], Df)
+            if zt is not None:
+                y.mul_(F.silu(zt[ch.l0 : ch.l1]))
+            out[ch.l0 : ch.l1] = y
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, keep, *starts)
         ctx.delta_softplus = delta_softplus
         ctx.chunk_size = chunk_size
-        last = s.view(bsz, n, dim).transpose(1, 2).contiguous()
-        return out.to(u.dtype), last
+        last = s.view(scan.bsz, scan.n, scan.dim).transpose(1, 2).contiguous()
+        return _from_time_major(out, u.dtype), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, keep, *starts = ctx.saved_tensors
-        bsz, dim, length = u.shape
-        n = A.shape[1]
-        x = _Inputs(u, delta, A, B, C, delta_bias, ctx.delta_softplus, keep, ctx.chunk_size)
-        lp = x.u.shape[0]
-        dout = dout.float()
-        dy = dout * F.silu(z.float()) if z is not None else dout  # dL/dy, y before gating
-        dy_t = _time_major(dy, lp)  # (Lp, B, D)
-
-        ddlt = torch.empty_like(dy_t)
-        du = torch.empty_like(dy_t)
-        dB = torch.empty_like(x.B)
-        dC = torch.empty_like(x.C)
-        yscan = torch.empty_like(dy_t) if z is not None else None
-        dAt_b = x.At.new_zeros(bsz, n, dim)  # dA per batch row, transposed: (B, N, D)
+        scan = _Scan(u, delta, A, B, C, delta_bias, ctx.delta_softplus, keep, ctx.chunk_size, backward=True)
+        Df = D.float() if D is not None else None
+        dout_t = _time_major(dout)  # (L, B, D)
+        zt = _time_major(z) if z is not None else None
+        # time-major fp32 gradients, filled chunk by chunk
+        du, ddelta, dz = (torch.empty_like(scan.u) for _ in range(3))
+        dB, dC = torch.empty_like(scan.B), torch.empty_like(scan.C)
+        dAt_b = scan.At.new_zeros(scan.bsz, scan.n, scan.dim)  # dA per batch row, transposed
+        dD = scan.At.new_zeros(scan.dim)
+        dbias = scan.At.new_zeros(scan.dim)
         g_end = dlast.float().transpose(1, 2).reshape(-1)  # (B, N, D) order
-        for sl, h0 in zip(reversed(x.chunks), reversed(starts)):
-            a = x.decays(sl)
-            b = x.inputs(sl)
-            p = x.sub_decays(sl)
-            h, _ = _states(a, b, p, h0, x.nsub)
-            dyk = dy_t[sl]
-            if yscan is not None:
-                yscan[sl] = torch.matmul(x.C[sl, :, None, :], h).squeeze(2)
-            # contractions over N or D as multiply + sum: batched (N x D) matrix-vector
-            # products through bmm are several times slower on CPU
-            dC[sl] = (h * dyk[:, :, None, :]).sum(3)
-            g = (x.C[sl, :, :, None] * dyk[:, :, None, :]).contiguous()  # dL/dh_t via y_t: (K, B, N, D)
-            g_end = _adjoints(a, g, p, g_end, x.nsub)
+        for l0, h0 in zip(reversed(scan.chunks()), reversed(starts)):
+            ch = _Chunk(scan, l0)
+            l1, k = ch.l1, ch.k
+            a, b, h, p, _ = ch.states(h0)
+            dy = _rows(dout_t, l0, l1, scan.K)  # (K, B, D), dL/d output
+            if zt is not None:
+                zk = _rows(zt, l0, l1, scan.K)
+                sz = torch.sigmoid(zk)
+                y = torch.matmul(ch.C[:, :, None, :], h).squeeze(2)
+                if Df is not None:
+                    y.addcmul_(ch.u, Df)
+                # d silu(z)/dz = sigmoid(z) (1 + z (1 - sigmoid(z)))
+                dz[l0:l1] = (dy * y * sz * (1 + zk * (1 - sz)))[:k]
+                dy = dy * zk * sz  # dL/dy, y before gating
+            if Df is not None:
+                dD += (dy * ch.u).sum((0, 1))
+            dC[l0:l1] = torch.mul(h, dy[:, :, None, :], out=scan.buf_g).sum(3)[:k]
+            g = torch.mul(ch.C[:, :, :, None], dy[:, :, None, :], out=scan.buf_g)  # dL/dh_t via y_t
+            g_end = _adjoints(a, g, p, g_end, scan.nsub)
+            w = torch.matmul(ch.B[:, :, None, :], g).squeeze(2)  # dL/d(delta_t u_t): (K, B, D)
+            dB[l0:l1] = torch.mul(g, ch.du[:, :, None, :], out=a).sum(3)[:k]
             # a_t h_{t-1} = h_t - b_t; times g_t it is dL/d(delta_t A), as a = exp(delta A)
             q = torch.sub(h, b, out=h).mul_(g)
-            dd = (q * x.At).sum(2)  # (K, B, D)
-            dAt_b += q.mul_(x.dlt[sl, :, None, :]).sum(0)
-            w = torch.matmul(x.B[sl, :, None, :], g).squeeze(2)  # dL/d(delta_t u_t): (K, B, D)
-            dB[sl] = (g * x.du[sl, :, None, :]).sum(3)
-            torch.addcmul(dd, w, x.u[sl], out=ddlt[sl])
-            torch.mul(w, x.dlt[sl], out=du[sl])
-
-        ddlt = _from_time_major(ddlt, length)
-        du = _from_time_major(du, length)
-        dz = dD = ddelta_bias = None
-        if z is not None:
-            yfull = _from_time_major(yscan, length)
-            if D is not None:
-                yfull = yfull + D.float()[:, None] * u.float()
-            zf = z.float()
-            sz = torch.sigmoid(zf)
-            dz = (dout * yfull * sz * (1 + zf * (1 - sz))).to(z.dtype)
-        if D is not None:
-            du = du + dy * D.float()[:, None]
-            dD = (dy * u.float()).sum((0, 2)).to(D.dtype)
-        if ctx.delta_softplus:
-            raw = delta.float()
+            dd = torch.mul(q, scan.At, out=b).sum(2)  # (K, B, D)
+            dAt_b += q.mul_(ch.dlt[:, :, None, :]).sum(0)
+            ddlt = dd.addcmul_(w, ch.u)[:k]
+            dui = w.mul_(ch.dlt)
+            if Df is not None:
+                dui.addcmul_(dy, Df)
+            du[l0:l1] = dui[:k]
+            if ctx.delta_softplus:
+                ddlt = ddlt * torch.sigmoid(ch.raw)
             if delta_bias is not None:
-                raw = raw + delta_bias.float()[:, None]
-            ddlt = ddlt * torch.sigmoid(raw)
-        if delta_bias is not None:
-            ddelta_bias = ddlt.sum((0, 2)).to(delta_bias.dtype)
+                dbias += ddlt.sum((0, 1))
+            ddelta[l0:l1] = ddlt
         return (
-            du.to(u.dtype),
-            ddlt.to(delta.dtype),
+            _from_time_major(du, u.dtype),
+            _from_time_major(ddelta, delta.dtype),
             dAt_b.sum(0).t().to(A.dtype),
-            _from_time_major(dB, length).to(B.dtype),
-            _from_time_major(dC, length).to(C.dtype),
-            dD,
-            dz,
-            ddelta_bias,
+            _from_time_major(dB, B.dtype),
+            _from_time_major(dC, C.dtype),
+            dD.to(D.dtype) if D is not None else None,
+            _from_time_major(dz, z.dtype) if z is not None else None,
+            dbias.to(delta_bias.dtype) if delta_bias is not None else None,
             None,
             None,
             None,
@@ -405,7 +429,7 @@ def selective_scan_chunked(
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,);
     cu_seqlens: (n+1,) int, packed batch (B == 1). ``chunk_size`` None picks one from the
-    state size (work tensors of ~4 MB). Returns out (B, D, L) in u's dtype, and the last
+    state size (work tensors of ~2 MB). Returns out (B, D, L) in u's dtype, and the last
     state (B, D, N) fp32 if asked; gradients flow through both.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)

@@ -208,10 +208,10 @@ def test_lcplm_790m_size_matches_the_released_checkpoint():
 
 
 def test_shipped_model_sizes():
-    assert 100_000 < _param_count("tiny.yaml") < 200_000
+    assert 50_000 < _param_count("tiny.yaml") < 150_000
     assert 80e6 < _param_count("small_gpu.yaml") < 200e6
 
 
 def test_build_model_registry():
     model = build_model(load_config(REPO / "experiments" / "model" / "tiny.yaml").model)
-    assert isinstance(model, BiMambaLM) and model.cfg.n_layer == 3
+    assert isinstance(model, BiMambaLM) and model.cfg.n_layer == 2
