@@ -77,29 +77,44 @@ def resolve_device(device: str) -> torch.device:
     return d
 
 
-def prepare_residues(sequences: Sequence[str], names: Sequence[str], max_length: Optional[int],
-                     long_policy: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """Residue ids per sequence after the long-sequence policy; and the uncropped lengths."""
+def cut_length(length: int, name: str, max_length: Optional[int], long_policy: str) -> int:
+    """How many residues of a ``length``-residue sequence get embedded under the policy."""
     if long_policy not in LONG_POLICIES:
         raise UserError(f"long-sequence policy must be one of {list(LONG_POLICIES)}, got {long_policy!r}")
     if max_length is not None and max_length < 1:
         raise UserError(f"max_length must be >= 1 residue, got {max_length}")
+    if max_length is None or length <= max_length or long_policy == "full":
+        return length
+    if long_policy == "error":
+        raise UserError(
+            f"record {name!r} has {length} residues, more than max_length={max_length} "
+            "(choose --long full to embed it whole, or --long crop)"
+        )
+    return max_length
+
+
+def prepare_residues(sequences: Sequence[str], names: Sequence[str], max_length: Optional[int],
+                     long_policy: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Residue ids per sequence after the long-sequence policy; and the uncropped lengths."""
     ids, lengths = [], np.zeros(len(sequences), np.int64)
     for i, (seq, name) in enumerate(zip(sequences, names)):
         r = tok.encode_residues(seq, record=name)
         lengths[i] = len(r)
-        if max_length is not None and len(r) > max_length:
-            if long_policy == "error":
-                raise UserError(
-                    f"record {name!r} has {len(r)} residues, more than max_length={max_length} "
-                    "(choose --long full to embed it whole, or --long crop)"
-                )
-            if long_policy == "crop":
-                r = crop_residues(r, max_length, None)
+        r = crop_residues(r, cut_length(len(r), name, max_length, long_policy), None)
         if not bool(tok.is_residue(torch.from_numpy(r)).any()):
             raise UserError(f"record {name!r} has no amino-acid residues to average over")
         ids.append(r)
     return ids, lengths
+
+
+def crop_sequences(sequences: Sequence[str], names: Sequence[str], max_length: Optional[int],
+                   long_policy: str) -> list[str]:
+    """The same policy on sequence strings (for featurisers that do not tokenize, e.g. composition)."""
+    out = []
+    for seq, name in zip(sequences, names):
+        s = tok.clean_sequence(seq, name)
+        out.append(s[: cut_length(len(s), name, max_length, long_policy)])
+    return out
 
 
 def _autocast(device: torch.device, half: bool):

@@ -56,7 +56,8 @@ class EmbedSettings:
 
 @dataclass
 class TrainSettings:
-    hidden: int = 512  # width of MLP heads, the pair decoder and GraphSAGE
+    hidden: int = 512  # width of MLP heads and the pair decoder
+    gnn_hidden: int = 128  # GraphSAGE width (each step propagates over the whole graph)
     dropout: float = 0.1
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -87,6 +88,8 @@ class HomologyTask:
     family_test_frac: float = 0.08  # astral: domains whose families stay in training (family test)
     valid_frac: float = 0.05  # astral: validation domains (families stay in training)
     classes: str = "abcdefg"  # astral: SCOP classes kept (h-l are not true folds)
+    max_sequences: Optional[int] = None  # astral: a seeded random subset of this many domains (null: all)
+    subset_seed: int = 0  # astral: the subset's seed (fixed across seeds, so embeddings are computed once)
     heads: list[str] = field(default_factory=lambda: ["linear", "mlp"])  # linear | mlp (| finetune)
 
 
@@ -210,11 +213,12 @@ def build_sources(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> 
 
 def features_for(source: ModelSource, names: list[str], sequences: list[str], cfg: DownstreamConfig,
                  log: Callable[[str], None] = print) -> torch.Tensor:
-    if source.featurize is not None:
-        return source.featurize(names, sequences)
-    from lcplm.embed import cached_mean_embeddings
+    from lcplm.embed import cached_mean_embeddings, crop_sequences
 
     e = cfg.embed
+    if source.featurize is not None:
+        # the same residues the encoders see, so a crop does not favour the baseline
+        return source.featurize(names, crop_sequences(sequences, names, e.max_length, e.long_policy))
     return cached_mean_embeddings(source.key, source.factory, names, sequences, cache_dir=e.cache_dir,
                                   max_tokens=e.max_tokens, max_length=e.max_length, long_policy=e.long_policy,
                                   device=e.device, half=e.half, progress=e.progress, log=log)
@@ -303,7 +307,10 @@ class NodeTask:
 def homology_task(t: HomologyTask) -> SequenceTask:
     if t.format == "astral":
         path = _require(t.path, "ASTRAL FASTA", HOW["astral"])
-        records = bm.read_astral(path)
+        records = [r for r in bm.read_astral(path) if r.family[0] in t.classes]
+        if t.max_sequences is not None and len(records) > t.max_sequences:
+            keep = np.sort(np.random.default_rng(t.subset_seed).choice(len(records), t.max_sequences, replace=False))
+            records = [records[i] for i in keep]
         fixed = None
     elif t.format == "tape":
         path = _require(t.path, "TAPE remote_homology folder", HOW["tape"])
@@ -331,7 +338,8 @@ def homology_task(t: HomologyTask) -> SequenceTask:
         return {s: (np.asarray([row_of[r.id] for r in rs], np.int64),
                     torch.tensor([fold_index[r.fold] for r in rs], dtype=torch.long)) for s, rs in splits.items()}
 
-    info = f"{len(names)} domains, {len(folds)} folds ({t.format}: {path})"
+    subset = f"a random subset (seed {t.subset_seed}) of " if fixed is None and t.max_sequences is not None else ""
+    info = f"{subset}{len(names)} domains, {len(folds)} folds ({t.format}: {path})"
     return SequenceTask(t.name, "multiclass", names, seqs, t.heads, split_fn, len(folds), info)
 
 
@@ -482,7 +490,7 @@ def _finetune_sequence_task(task: SequenceTask, source: ModelSource, splits, see
     from lcplm.tasks.downstream import DownstreamTask, fit_and_evaluate
 
     ft, tc = cfg.finetune, cfg.train
-    encoder = source.factory()
+    encoder = source.factory().train()  # loaded for inference (eval mode); Lightning keeps module modes
     torch.manual_seed(seed)
     d = int(encoder.encode(torch.tensor([[tok.CLS, 5, tok.EOS]]), lengths=torch.tensor([3])).shape[-1])
     net = SequenceNet(encoder, MLPHead(d, task.n_outputs, hidden=tc.hidden, dropout=tc.dropout))
@@ -532,8 +540,8 @@ def run_pair_task(task: PairTask, source: ModelSource, x: torch.Tensor, seed: in
         if head == "pair_mlp":
             net = GraphPairNet(xs, PairDecoder(xs.shape[1], hidden=tc.hidden, dropout=tc.dropout))
         elif head == "sage_pair":
-            gnn = GraphSAGE(xs.shape[1], tc.hidden, tc.gnn_layers, tc.dropout)
-            net = GraphPairNet(xs, PairDecoder(tc.hidden, hidden=tc.hidden, dropout=tc.dropout), gnn, edges)
+            gnn = GraphSAGE(xs.shape[1], tc.gnn_hidden, tc.gnn_layers, tc.dropout)
+            net = GraphPairNet(xs, PairDecoder(tc.gnn_hidden, hidden=tc.hidden, dropout=tc.dropout), gnn, edges)
         else:
             raise UserError(f"unknown head {head!r} for ppi task {task.name!r} (pair_mlp, sage_pair)")
         model = DownstreamTask(net, "binary", lr=tc.lr, weight_decay=tc.weight_decay, hits_k=task.hits_k,
@@ -562,8 +570,8 @@ def run_node_task(task: NodeTask, source: ModelSource, x: torch.Tensor, seed: in
     for head in task.heads:
         torch.manual_seed(seed)
         if head == "sage":
-            net = GraphNodeNet(xs, LinearProbe(tc.hidden, task.y.shape[1]),
-                               GraphSAGE(xs.shape[1], tc.hidden, tc.gnn_layers, tc.dropout), task.edge_index)
+            net = GraphNodeNet(xs, LinearProbe(tc.gnn_hidden, task.y.shape[1]),
+                               GraphSAGE(xs.shape[1], tc.gnn_hidden, tc.gnn_layers, tc.dropout), task.edge_index)
         else:
             net = GraphNodeNet(xs, _feature_head(head, xs.shape[1], task.y.shape[1], tc))
         model = DownstreamTask(net, "multilabel", lr=tc.lr, weight_decay=tc.weight_decay, patience=tc.patience)
@@ -611,7 +619,7 @@ def evaluate(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> dict[
     """Run every model on every available task over the seeds; write and return the report."""
     from lcplm.eval.report import markdown_table, summarize, write_report
 
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     if not cfg.seeds:
         raise UserError("seeds is empty: give at least one seed")
     sources = build_sources(cfg, log)
@@ -640,9 +648,11 @@ def evaluate(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> dict[
         "tasks": {t.name: t.info for t in tasks},
         "skipped": skipped,
         "seconds": round(time.time() - t_start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),  # all threads of this process
         "timings": timings,
         "torch": torch.__version__,
     }
     paths = write_report(out_dir, rows, meta)
     table = markdown_table(summarize(rows))
-    return {"rows": rows, "table": table, "paths": paths, "skipped": skipped, "seconds": meta["seconds"]}
+    return {"rows": rows, "table": table, "paths": paths, "skipped": skipped, "seconds": meta["seconds"],
+            "cpu_seconds": meta["cpu_seconds"]}

@@ -38,5 +38,6 @@ def main(argv: list[str]) -> int:
     for line in result["skipped"]:
         print(f"(skipped {line})")
     paths = result["paths"]
-    print(f"\nwrote {paths['json']}, {paths['md']}, {paths['png']} in {result['seconds']:.0f} s")
+    print(f"\nwrote {paths['json']}, {paths['md']}, {paths['png']} in {result['seconds']:.0f} s "
+          f"({result['cpu_seconds']:.0f} s of CPU time)")
     return 0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from downstream_fixtures import function_fixture, ppi_fixture, scop_records, write_astral, write_ogbl_ppa, write_ogbn_proteins, write_tape_folder
 from lcplm.__main__ import main as lcplm_main
@@ -37,6 +38,7 @@ homology:
     path: {astral}
     fold_test_frac: 0.15
     superfamily_test_frac: 0.15
+    max_sequences: 50
 function:
   - name: ec
     labels: {labels}
@@ -69,6 +71,7 @@ def test_eval_downstream_end_to_end_with_a_baseline(tmp_path, capsys):
     assert {("ppi_by_protein", "test", h, m) for h in ("pair_mlp", "sage_pair") for m in ("auroc", "ap")} <= tasks
     assert {r["seed"] for r in data["rows"]} == {0, 1}
     assert data["meta"]["skipped"] and data["meta"]["tasks"]["ppi"].startswith("40 proteins")
+    assert data["meta"]["tasks"]["homology"].startswith("a random subset (seed 0) of 50 domains")
     assert "| homology | test_fold_holdout | linear | accuracy |" in out  # the table is printed
     assert (run / "results.png").stat().st_size > 0 and "composition" in (run / "results.md").read_text()
 
@@ -139,3 +142,14 @@ def test_default_config_loads_and_points_at_make_pretrain():
     assert cfg.checkpoints == ["runs/tiny/checkpoints/last.ckpt"]
     assert cfg.baselines == ["composition", "random_init"] and len(cfg.seeds) >= 3
     assert [t.name for t in cfg.ppi] == ["yeast_guo", "yeast_guo_by_protein"]
+
+
+def test_baseline_features_see_the_same_crop_as_the_encoders():
+    from lcplm.eval.baselines import composition_features
+    from lcplm.eval.downstream import build_sources, features_for
+
+    cfg = load_config(None, ["baselines=[composition]", "embed.max_length=3", "embed.long_policy=crop"],
+                      schema=DownstreamConfig)
+    (source,) = build_sources(cfg)
+    x = features_for(source, ["a", "b"], ["ACDWWWW", "MK"], cfg)
+    assert torch.equal(x, composition_features(["ACD", "MK"]))
