@@ -190,3 +190,35 @@ def test_two_processes_match_single_process_and_resume_after_preemption(preset: 
     assert sorted(second) == list(range(8, 12))
     for k, v in {**first, **second}.items():
         assert v == pytest.approx(golden[k], rel=GOLDEN_RTOL), (k, v, golden[k])
+
+
+# -- GPU (skipped without CUDA) --------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_single_gpu_preset_trains_with_bf16_and_checkpointing(tmp_path: Path):
+    exp = write_experiment(tmp_path, trainer_preset="single_gpu.yaml")
+    r = run_worker([str(exp), "--golden", "--record", str(tmp_path / "g"), "trainer.accumulate_grad_batches=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = _losses(tmp_path / "g", 1, 2)
+    assert sorted(losses) == list(range(12)) and all(0 < v < 10 for v in losses.values())
+    ckpt = torch.load(tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any("_checkpoint_wrapped_module" in k for k in ckpt["state_dict"])
+
+
+@pytest.mark.multigpu
+@pytest.mark.parametrize("preset", ["ddp.yaml", "fsdp.yaml", "fsdp2.yaml"])
+def test_two_gpus_match_one_gpu(preset: str, tmp_path: Path):
+    # fp32 so that the comparison is about the averaging, not bf16 rounding
+    common = ["--golden", "trainer.precision=32-true", "trainer.devices=1", "trainer.strategy=auto"]
+    exp1 = write_experiment(tmp_path, name="one.yaml", trainer_preset="single_gpu.yaml")
+    r = run_worker([str(exp1), *common, "--record", str(tmp_path / "one"), "trainer.accumulate_grad_batches=2",
+                    "run.name=one"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp2 = write_experiment(tmp_path, name="two.yaml", trainer_preset=preset)
+    r = run_worker([str(exp2), "--golden", "trainer.precision=32-true", "trainer.devices=2",
+                    "--record", str(tmp_path / "two"), "run.name=two"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _losses(tmp_path / "one", 1, 2), _losses(tmp_path / "two", 2, 1)
+    # CUDA reductions are not order-deterministic across process counts; fp32 matmuls (no TF32)
+    for k in range(12):
+        assert two[k] == pytest.approx(one[k], rel=1e-4), (k, two[k], one[k])

@@ -63,7 +63,7 @@ run:
     return path
 
 
-def run_worker(args: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_worker(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run tests/train/train_worker.py in a fresh process (DDP children re-run the same command)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
