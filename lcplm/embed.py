@@ -10,6 +10,10 @@
 * ``index.tsv``: ``index  id  length  embedded_length`` per record, in FASTA order;
 * ``meta.json``: checkpoint, its digest, model config, options, counts.
 
+``--checkpoint`` is an lcplm checkpoint (ours, or converted by ``lcplm convert`` from LC-PLM or
+ESM-2 weights) or a released LC-PLM model directory (``config.json`` + safetensors), read
+directly.
+
 The mean embedding of a sequence is the mean of the encoder's final hidden states (after the
 final norm) over its residue tokens: never ``<cls>``/``<eos>``, padding, or ``<unk>``/gap
 positions. Per-residue rows are every position between ``<cls>`` and ``<eos>``, one per
@@ -182,20 +186,32 @@ def embed_sequences(model: nn.Module, sequences: Sequence[str], names: Optional[
 
 
 def file_digest(path: str | Path) -> str:
-    """blake2b-128 of a file's bytes (what cache keys and meta.json record)."""
+    """blake2b-128 of a file's bytes, or of a model directory's files (names and bytes, sorted):
+    what cache keys and meta.json record."""
+    path = Path(path)
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """``(model, model_cfg)`` from an lcplm checkpoint, including converted LC-PLM / ESM-2 ones
-    (``lcplm convert`` writes lcplm checkpoints). A missing file is a one-line error."""
+    """``(model, model_cfg)`` from an lcplm checkpoint file (ours, or one written by ``lcplm
+    convert`` from LC-PLM / ESM-2 weights), or from a released LC-PLM model directory
+    (Hugging Face layout: ``config.json`` + weights), read by :func:`lcplm.models.convert.load_lcplm`."""
+    path = Path(path)
+    if path.is_dir():
+        from lcplm.models.convert import load_lcplm
+
+        model = load_lcplm(path)
+        return model.to(map_location), model.cfg
     from lcplm.train.checkpoint import load_model
 
-    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     model, cfg = load_model(path, map_location=map_location)
@@ -322,7 +338,8 @@ def cached_mean_embeddings(model_key: str, model_factory, names: Sequence[str], 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lcplm embed", description="Per-sequence (and per-residue) embeddings of a FASTA file.")
-    p.add_argument("--checkpoint", required=True, help="lcplm checkpoint (.ckpt; converted LC-PLM / ESM-2 ones too)")
+    p.add_argument("--checkpoint", required=True,
+                   help="lcplm checkpoint (.ckpt, also from `lcplm convert`) or a released LC-PLM model directory")
     p.add_argument("--fasta", required=True, help="input FASTA (plain or gzip)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--per-residue", action="store_true", help="also write per-residue embeddings")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from lcplm.__main__ import main as lcplm_main
-from lcplm.config import PretrainConfig, to_dict
 from lcplm.data import tokenizer as tok
 from lcplm.embed import cached_mean_embeddings, embed_sequences, main, read_embeddings
 from lcplm.errors import UserError
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
+from lcplm.models.convert import save_checkpoint, save_lcplm
 
 SEQS = {
     "sp|P1|short": "MKV",
@@ -34,12 +34,10 @@ def _model_cfg():
 
 
 def _checkpoint(path, seed=0):
-    """An lcplm checkpoint as the pretrain runner writes it (model weights + experiment config)."""
+    """An lcplm checkpoint (model weights + experiment config), as the pretrain runner writes it."""
     torch.manual_seed(seed)
-    cfg = _model_cfg()
-    model = BiMambaLM(cfg)
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"config": to_dict(PretrainConfig(model=cfg))}}, path)
+    model = BiMambaLM(_model_cfg())
+    save_checkpoint(model, path)
     return model.eval()
 
 
@@ -161,3 +159,18 @@ def test_embed_a_converted_esm2_checkpoint(tmp_path):
                  "--out", str(out), "--no-progress"]) == 0
     ids, t = read_embeddings(out)
     assert ids == list(SEQS) and t["mean"].shape == (5, 32) and torch.isfinite(t["mean"]).all()
+
+
+def test_embed_a_released_lcplm_directory_and_its_conversion(tmp_path, ckpt):
+    _, model = ckpt
+    save_lcplm(model, tmp_path / "lcplm_release")  # config.json + model.safetensors, LC-PLM's layout
+    fa = str(_fasta(tmp_path / "in.fa"))
+    assert main(["--checkpoint", str(tmp_path / "lcplm_release"), "--fasta", fa, "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    assert lcplm_main(["convert", "lcplm-to-ours", str(tmp_path / "lcplm_release"), str(tmp_path / "conv.ckpt")]) == 0
+    assert main(["--checkpoint", str(tmp_path / "conv.ckpt"), "--fasta", fa, "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    direct = embed_sequences(model, list(SEQS.values()), list(SEQS)).mean
+    for out in ("a", "b"):
+        _, t = read_embeddings(tmp_path / out)
+        torch.testing.assert_close(t["mean"], direct, rtol=1e-5, atol=1e-6)

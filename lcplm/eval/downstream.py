@@ -132,7 +132,7 @@ class DownstreamConfig:
 
     name: str = "default"  # results go to <out_dir>/<name>/
     out_dir: str = "runs/downstream"
-    checkpoints: list[str] = field(default_factory=list)  # PATH or LABEL=PATH (converted ESM-2 / LC-PLM too)
+    checkpoints: list[str] = field(default_factory=list)  # PATH or LABEL=PATH: lcplm .ckpt (converted too) or LC-PLM dir
     baselines: list[str] = field(default_factory=lambda: ["composition", "random_init"])  # composition | random_init
     random_init_seed: int = 0  # weights of the random_init baseline
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # split (where seeded) and head initialisation
@@ -176,7 +176,7 @@ def build_sources(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> 
         if not sep:
             label, path_s = "", entry
         path = Path(path_s).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise UserError(
                 f"checkpoint {path} not found: run `make pretrain` first to create it, "
                 "or set checkpoints=[...] (PATH or LABEL=PATH) in the config or on the command line"

@@ -7,18 +7,15 @@ import json
 import torch
 
 from downstream_fixtures import function_fixture, ppi_fixture, scop_records, write_astral
-from lcplm.config import PretrainConfig, load_config, to_dict
+from lcplm.config import load_config
 from lcplm.eval.downstream import DownstreamConfig, build_sources, evaluate
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
+from lcplm.models.convert import save_checkpoint
 
 
 def _checkpoint(path, seed):
     torch.manual_seed(seed)
-    cfg = BiMambaConfig(d_model=16, n_layer=1, d_state=4)
-    model = BiMambaLM(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"config": to_dict(PretrainConfig(model=cfg))}}, path)
+    save_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1, d_state=4)), path)
     return path
 
 
