@@ -89,6 +89,7 @@ def _long_epoch_experiment(tmp_path: Path, **kw) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 def test_sigkill_mid_epoch_then_resume_continues_the_same_loss_curve(tmp_path: Path):
     exp = _long_epoch_experiment(tmp_path)
     r = run_worker([str(exp), "--record", str(tmp_path / "full"), "run.name=full"])
@@ -112,6 +113,8 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_loss_curve(tmp_path: P
     assert res_resumed["val_loss"] == res_full["val_loss"] and res_resumed["global_step"] == 6
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path):
     exp = write_experiment(tmp_path)
     r = run_worker([str(exp), "--fault", "nan", "--at", "4"])
@@ -126,6 +129,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 def test_sigterm_saves_last_checkpoint_and_resume_finishes(tmp_path: Path):
     exp = _long_epoch_experiment(tmp_path)
     r = run_worker([str(exp), "--record", str(tmp_path / "a"), "--fault", "sigterm", "--at", "1"])
@@ -153,6 +157,7 @@ def _wait_gone(pid: int, seconds: float) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 @pytest.mark.parametrize("dead_rank", [1, 0])
 def test_a_dead_ddp_rank_ends_the_job_instead_of_hanging(dead_rank: int, tmp_path: Path):
     exp = _long_epoch_experiment(tmp_path, trainer_preset="ddp_cpu.yaml")

@@ -103,6 +103,7 @@ def _slurm_or_skip() -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 def test_two_point_sweep_on_real_slurm(tmp_path: Path):
     _slurm_or_skip()
     exp = write_experiment(tmp_path)
@@ -150,6 +151,7 @@ def _poll(cond, seconds: float, what: str) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
     _slurm_or_skip()
     from train_helpers import write_fasta

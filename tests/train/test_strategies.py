@@ -167,6 +167,7 @@ GOLDEN_RTOL = 1e-5
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 @pytest.mark.parametrize("preset", ["ddp_cpu.yaml", "fsdp2_cpu.yaml"])
 def test_two_processes_match_single_process_and_resume_after_preemption(preset: str, golden, tmp_path: Path):
     exp = write_experiment(tmp_path, trainer_preset=preset)

@@ -143,6 +143,7 @@ def test_dry_run_lists_points_and_writes_nothing(tmp_path: Path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("lcplm-processes")
 def test_local_sweep_runs_each_point_in_its_own_run_dir_and_summarises(tmp_path: Path, capsys):
     exp = write_experiment(tmp_path)
     sw = _sweep_file(tmp_path, f"experiment: {exp}\nname: loc\nout_dir: {tmp_path / 'sweeps'}\n"
