@@ -228,38 +228,38 @@ def plan_contexts(
     def crop_starts(nodes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return _uniform_below(plen[nodes] - keep + 1, generator)
 
+    # Per step, record the proteins taken (context row, node, link, crop) for the still-active
+    # walks only; one scatter per field builds the (W, S) plan at the end.
     first_len = plen[starts].clamp_max(max_protein_len)
-    cols_nodes, cols_links, cols_start, cols_len = [starts], [torch.full((W,), PAD)], [crop_starts(starts, first_len)], [first_len]
-    used = first_len + 2  # [BON] seq [EON]
-    cur = starts.clone()
-    active = torch.arange(W)
+    rows, nodes, edges, crop_from, crop_len, counts = [torch.arange(W)], [starts], [torch.zeros(W, dtype=torch.bool)], [crop_starts(starts, first_len)], [first_len], [W]
+    active, cur, used = torch.arange(W), starts, first_len + 2  # [BON] seq [EON]
     while active.numel():
-        nxt, is_edge, moved = walk_step(graph, cur[active], p_neg, generator)
+        nxt, is_edge, moved = walk_step(graph, cur, p_neg, generator)
         cost = plen[nxt].clamp_max(max_protein_len)
-        room = body - used[active] - 3  # residues that fit after a separator, [BON] and [EON]
+        room = body - used - 3  # residues that fit after a separator, [BON] and [EON]
         fits = moved & (cost <= room)
         take = fits | (moved & (room >= MIN_FILL_RESIDUES)) if fill_budget else fits
-        keep = torch.where(fits, cost, room)
-        w = active[take]
-        col_nodes = torch.full((W,), -1)
-        col_links = torch.full((W,), PAD)
-        col_start = torch.zeros(W, dtype=torch.long)
-        col_len = torch.zeros(W, dtype=torch.long)
-        col_nodes[w] = nxt[take]
-        col_links[w] = torch.where(is_edge[take], EDGE, NO_EDGE)
-        col_start[w] = crop_starts(nxt[take], keep[take])
-        col_len[w] = keep[take]
-        if w.numel():
-            cols_nodes.append(col_nodes)
-            cols_links.append(col_links)
-            cols_start.append(col_start)
-            cols_len.append(col_len)
-        used[active[fits]] += cost[fits] + 3
-        cur[active[fits]] = nxt[fits]
-        active = active[fits]
-    return ContextPlan(
-        torch.stack(cols_nodes, 1), torch.stack(cols_links, 1), torch.stack(cols_start, 1), torch.stack(cols_len, 1)
+        keep = torch.where(fits, cost, room)[take]
+        taken = nxt[take]
+        rows.append(active[take])
+        nodes.append(taken)
+        edges.append(is_edge[take])
+        crop_from.append(crop_starts(taken, keep))
+        crop_len.append(keep)
+        counts.append(taken.numel())
+        active, cur, used = active[fits], nxt[fits], (used + cost + 3)[fits]
+    S = sum(1 for c in counts if c)
+    r = torch.cat(rows)
+    c = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    plan = ContextPlan(
+        torch.full((W, S), -1), torch.full((W, S), PAD), torch.zeros(W, S, dtype=torch.long), torch.zeros(W, S, dtype=torch.long)
     )
+    plan.nodes[r, c] = torch.cat(nodes)
+    plan.crop_start[r, c] = torch.cat(crop_from)
+    plan.crop_len[r, c] = torch.cat(crop_len)
+    links = torch.where(torch.cat(edges), EDGE, NO_EDGE)
+    plan.links[r[W:], c[W:]] = links[W:]
+    return plan
 
 
 def _segment_arange(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
