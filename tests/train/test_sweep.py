@@ -69,11 +69,16 @@ def test_sweep_file_schema_is_strict(tmp_path: Path):
     assert cfg.experiment == str(tmp_path / "e.yaml") and cfg.slurm == str(tmp_path / "r.yaml")
 
 
-def test_shipped_sweeps_expand():
+def test_shipped_sweeps_validate_every_point():
     for path in sorted((REPO / "experiments" / "sweeps").glob("*.yaml")):
         cfg = load_sweep(path)
-        assert Path(cfg.experiment).is_file(), path
-        assert len(expand(cfg, str(path))) >= 2
+        _, planned = sweep.plan_points(cfg, str(path))  # each point's overrides against its experiment
+        assert len(planned) >= 2, path
+        if cfg.launcher == "slurm":
+            from lcplm.train.slurm import check_resources, load_slurm_config
+
+            for point, pcfg in planned:
+                check_resources(load_slurm_config(cfg.slurm), pcfg.trainer, f"{path} {point.name}")
 
 
 def _fake_sweep_dir(tmp_path: Path) -> Path:
