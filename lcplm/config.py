@@ -184,7 +184,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
     """Read ``path`` (with includes), apply ``overrides`` and validate against ``schema``."""
     cfg = _read_yaml(Path(path)) if path is not None else OmegaConf.create({})
     if overrides:
-        cfg = OmegaConf.merge(cfg, parse_overrides(overrides))
+        try:
+            cfg = OmegaConf.merge(cfg, parse_overrides(overrides))
+        except (OmegaConfBaseException, TypeError) as e:  # TypeError: e.g. list.0.key=v, a dict onto a list
+            raise UserError(f"{path}: cannot apply overrides {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
     where = str(path) if path is not None else "config"
     return validate(schema, cfg, where)
 

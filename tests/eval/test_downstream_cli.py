@@ -122,6 +122,7 @@ def test_missing_checkpoint_says_run_make_pretrain(tmp_path, capsys):
     ("seeds=[]", "seeds is empty"),
     ("baselines=[blosum]", "unknown baseline 'blosum'"),
     ("baselines=[random_init]", "random_init needs a checkpoint"),
+    ("homology.0.path=x.fa", "cannot apply overrides homology.0.path=x.fa"),
 ])
 def test_config_errors_are_one_line(tmp_path, capsys, override, message):
     cfg = _fixture_config(tmp_path)
@@ -135,6 +136,14 @@ def test_all_tasks_skipped_is_an_error(tmp_path, capsys):
     assert lcplm_main(["eval-downstream", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("skip remote_homology: ASTRAL FASTA") and "no task has its data available" in err[-1]
+
+
+def test_full_config_keeps_every_task_and_lifts_the_cpu_limits():
+    cfg = load_config(REPO / "experiments" / "downstream" / "full.yaml", [], schema=DownstreamConfig)
+    assert cfg.embed.max_length == 2048 and cfg.homology[0].max_sequences is None
+    assert [t.format for t in cfg.homology] == ["astral", "tape"]
+    assert [t.format for t in cfg.function] == ["table", "ogbn_proteins"]
+    assert {t.format for t in cfg.ppi} == {"pairs", "string", "ogbl_ppa"}
 
 
 def test_default_config_loads_and_points_at_make_pretrain():
