@@ -448,7 +448,8 @@ def read_ogbn_proteins(root: str | Path) -> OgbnProteins:
 
 def sequences_for(ids: list[str], path: str | Path) -> list[str]:
     """The sequence of every id from a FASTA (e.g. STRING's ``protein.sequences.v12.0.fa.gz``)
-    or ``id<TAB>sequence`` table; streamed, keeping only the wanted ids. Every id must be found."""
+    or ``id<TAB>sequence`` table. A FASTA is streamed keeping only the wanted ids (STRING's
+    all-species file is far larger than memory); every id must be found."""
     wanted = set(ids)
     found: dict[str, str] = {}
     if _looks_like_fasta(path):

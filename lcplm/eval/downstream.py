@@ -38,6 +38,7 @@ from torch import nn
 
 from lcplm.data import benchmarks as bm
 from lcplm.data.genomes import resolve_data_path
+from lcplm.data.ppi_graph import read_sequence_table
 from lcplm.errors import UserError
 
 # --------------------------------------------------------------------------------- config
@@ -348,7 +349,7 @@ def function_task(t: FunctionTask):
         labels_path = _require(t.labels, "label table", HOW["table"])
         seq_path = _require(t.sequences, "sequence file", HOW["table"])
         table = bm.read_multilabel_table(labels_path, t.column)
-        seqs_by_id = bm.read_sequence_table(seq_path)
+        seqs_by_id = read_sequence_table(seq_path)
         names = [n for n in seqs_by_id if n in table.labels]
         if not names:
             raise UserError(f"{seq_path}: none of its ids has labels in {labels_path}")
@@ -382,7 +383,7 @@ def ppi_task(t: PPITask) -> PairTask:
     if t.format in ("pairs", "string"):
         pairs_path = _require(t.pairs, "pair table" if t.format == "pairs" else "STRING links file", HOW[t.format])
         seq_path = _require(t.sequences, "sequence file", HOW[t.format])
-        seqs_by_id = bm.read_sequence_table(seq_path)
+        seqs_by_id = read_sequence_table(seq_path)
         if t.format == "pairs":
             pairs = bm.read_labelled_pairs(pairs_path, t.on_conflict)
             missing = [n for n in pairs.names if n not in seqs_by_id]
@@ -460,7 +461,7 @@ def run_sequence_task(task: SequenceTask, source: ModelSource, x: torch.Tensor, 
     rows = []
     for head in task.heads:
         if head == "finetune":
-            if source.factory is None or not cfg.finetune.enabled:
+            if source.factory is None:  # a featuriser (composition) has no encoder to fine-tune
                 continue
             res = _finetune_sequence_task(task, source, splits, seed, cfg)
         else:
@@ -595,12 +596,36 @@ def _rows(res: dict[str, dict[str, float]], model: str, task: str, head: str, se
 # --------------------------------------------------------------------------------- driver
 
 
+HEADS = {
+    "homology": {"linear", "mlp", "finetune"},
+    "function": {"linear", "mlp", "finetune", "sage"},  # sage: ogbn_proteins only
+    "ppi": {"pair_mlp", "sage_pair"},
+}
+
+
+def _check_heads(section: str, t, cfg: DownstreamConfig) -> None:
+    """Head names are checked before any work, so a typo does not surface an hour in."""
+    allowed = set(HEADS[section])
+    if section == "function":
+        allowed -= {"finetune"} if t.format == "ogbn_proteins" else {"sage"}
+    bad = [h for h in t.heads if h not in allowed]
+    if bad:
+        raise UserError(f"{section} task {t.name!r}: unknown head {bad[0]!r} (choose from {sorted(allowed)})")
+    if not t.heads:
+        raise UserError(f"{section} task {t.name!r}: no heads")
+    if "finetune" in t.heads and not cfg.finetune.enabled:
+        raise UserError(f"{section} task {t.name!r} lists head 'finetune' but finetune.enabled is false")
+
+
 def load_tasks(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> tuple[list, list[str]]:
     """The enabled tasks whose data is present, and one line per skipped task."""
     tasks, skipped = [], []
-    builders = [(t, homology_task) for t in cfg.homology] + [(t, function_task) for t in cfg.function] + \
-               [(t, ppi_task) for t in cfg.ppi]
-    for t, build in builders:
+    builders = [(t, homology_task, "homology") for t in cfg.homology] + \
+               [(t, function_task, "function") for t in cfg.function] + [(t, ppi_task, "ppi") for t in cfg.ppi]
+    for t, _, section in builders:
+        if t.enabled:
+            _check_heads(section, t, cfg)
+    for t, build, _ in builders:
         if not t.enabled:
             continue
         try:
@@ -630,6 +655,8 @@ def evaluate(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> dict[
     timings: dict[str, float] = {}
     for source in sources:
         log(f"model {source.label}: {source.description}")
+        if source.factory is None and any("finetune" in t.heads for t in tasks):
+            log(f"  {source.label} has no encoder to fine-tune: its 'finetune' heads are skipped")
         for task in tasks:
             t0 = time.time()
             x = features_for(source, task.names, task.sequences, cfg, log)

@@ -162,3 +162,16 @@ def test_baseline_features_see_the_same_crop_as_the_encoders():
     (source,) = build_sources(cfg)
     x = features_for(source, ["a", "b"], ["ACDWWWW", "MK"], cfg)
     assert torch.equal(x, composition_features(["ACD", "MK"]))
+
+
+@pytest.mark.parametrize("heads, extra, message", [
+    ("[linear, svm]", "", "unknown head 'svm'"),
+    ("[]", "", "no heads"),
+    ("[finetune]", "", "lists head 'finetune' but finetune.enabled is false"),
+    ("[sage]", "", "unknown head 'sage'"),  # a GNN head needs a graph: ogbn_proteins only
+])
+def test_head_names_are_checked_before_any_work(tmp_path, capsys, heads, extra, message):
+    cfg = _config(tmp_path, f"baselines: [composition]\nout_dir: {tmp_path}\nfunction:\n  - heads: {heads}\n{extra}")
+    assert lcplm_main(["eval-downstream", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
