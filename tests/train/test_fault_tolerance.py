@@ -17,7 +17,7 @@ import torch
 
 from lcplm.train.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 
-from train_helpers import REPO, run_worker, write_experiment
+from train_helpers import run_worker, write_experiment
 
 
 # -- atomic checkpoint files -----------------------------------------------------------
