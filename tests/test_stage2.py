@@ -283,3 +283,52 @@ def test_missing_stage1_checkpoint_says_to_run_make_pretrain(tmp_path, monkeypat
     cfg = load_config(REPO / "experiments" / "graph" / "yeast_tiny.yaml", ["trainer.progress_bar=false"])
     with pytest.raises(UserError, match=r"run\.init_from: checkpoint runs/tiny/checkpoints/last\.ckpt not found.*make pretrain"):
         train(cfg)
+
+
+class _TinyLM(torch.nn.Module):
+    """A stand-in network: the test is about which batches the loop sees, not about the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(40, 8)
+        self.out = torch.nn.Linear(8, 40)
+
+    def forward(self, input_ids, lengths):
+        return self.out(self.emb(input_ids))
+
+
+def test_lightning_resume_sees_the_batches_of_an_uninterrupted_run(graph_files, tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from lcplm.config import OptimConfig
+    from lcplm.tasks.mlm import MLMTask
+
+    class Record(Callback):
+        """Records every training batch; saves a checkpoint after step 5, as a periodic checkpoint would."""
+
+        def __init__(self, save=None):
+            self.seen, self.save = [], save
+
+        def on_train_batch_start(self, trainer, task, batch, batch_idx):
+            self.seen.append((trainer.current_epoch, tuple(batch["input_ids"].shape), int(batch["input_ids"].sum())))
+
+        def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+            if self.save and trainer.global_step == 5:
+                trainer.save_checkpoint(self.save)
+
+    def fit(ckpt=None, save=None):
+        rec = Record(save)
+        trainer = L.Trainer(
+            max_steps=14, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False, callbacks=[rec],
+        )
+        torch.manual_seed(0)
+        task = MLMTask(_TinyLM(), OptimConfig(warmup_steps=1))
+        trainer.fit(task, datamodule=PPIWalkDataModule(_cfg(graph_files), seed=4), ckpt_path=ckpt, weights_only=True)
+        return rec.seen, trainer
+
+    whole, trainer = fit(save=tmp_path / "step5.ckpt")
+    assert 5 < trainer.num_training_batches < 14  # the run crosses an epoch boundary; step 5 is mid-epoch
+    rest, _ = fit(ckpt=str(tmp_path / "step5.ckpt"))
+    assert rest == whole[5:]
