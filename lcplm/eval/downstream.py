@@ -166,8 +166,9 @@ def _checkpoint_label(path: Path) -> str:
     return path.stem
 
 
-def build_sources(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> list[ModelSource]:
-    """Checkpoints first (in config order), then the baselines."""
+def build_sources(cfg: DownstreamConfig) -> list[ModelSource]:
+    """Checkpoints first (in config order), then the baselines; random_init copies the first
+    checkpoint's architecture."""
     from lcplm.embed import file_digest, load_encoder, random_encoder
 
     sources: list[ModelSource] = []
@@ -647,7 +648,7 @@ def evaluate(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> dict[
     t_start, cpu_start = time.time(), time.process_time()
     if not cfg.seeds:
         raise UserError("seeds is empty: give at least one seed")
-    sources = build_sources(cfg, log)
+    sources = build_sources(cfg)
     tasks, skipped = load_tasks(cfg, log)
     if not tasks:
         raise UserError("no task has its data available (see the 'skip' lines above)")
