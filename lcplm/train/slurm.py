@@ -206,7 +206,9 @@ class PreemptionCallback(Callback):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         for sig, handler in self._previous.items():
-            if handler is not None:
+            # SIGUSR1's default action ends the process: one arriving after training (final
+            # validation, results) must not kill a run whose last.ckpt is already complete
+            if handler is not None and not (sig == signal.SIGUSR1 and handler == signal.SIG_DFL):
                 signal.signal(sig, handler)
         self._previous = {}
 

@@ -80,6 +80,26 @@ def test_requeue_targets_the_array_task(monkeypatch):
     assert slurm.current_job_id() == "12_3"
 
 
+def test_preemption_handlers_only_flag_and_sigusr1_never_kills_after_training(tmp_path: Path):
+    import signal
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        cb = slurm.PreemptionCallback(tmp_path / "last.ckpt")
+        cb.setup(None, None, "fit")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert cb.received == signal.SIGUSR1  # flagged; the save happens at the step's end
+        cb.teardown(None, None, "fit")
+        # the default action (terminate) is not put back for SIGUSR1; SIGTERM gets its old handler
+        assert signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) == old[signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end this process with SIG_DFL
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def test_slurm_dry_run_checks_resources_against_every_point(tmp_path: Path, capsys):
     exp = write_experiment(tmp_path)
     res = tmp_path / "res.yaml"
@@ -163,7 +183,7 @@ def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
     sw.write_text(
         f"# s\nexperiment: {exp}\nname: {name}\nout_dir: {tmp_path / 'sweeps'}\nlauncher: slurm\n"
         f"slurm: {REPO / 'experiments' / 'slurm' / 'cpu_local.yaml'}\n"
-        "points: [{optim.lr: 0.002}]\noverrides: {trainer.max_steps: 60, trainer.val_check_interval: 30}\n"
+        "points: [{optim.lr: 0.002}]\noverrides: {trainer.max_steps: 200, trainer.val_check_interval: 100}\n"
     )
     r = subprocess.run([sys.executable, "-m", "lcplm", "sweep", str(sw)], capture_output=True, text=True,
                        timeout=120, cwd=tmp_path)
@@ -185,4 +205,4 @@ def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
     status = json.loads((d / "status" / "000-lr0.002.json").read_text())
     assert status["state"] == "done" and status["slurm_restarts"] == 1, (status, log[-3000:])
     assert f"requeued SLURM job {job}_0" in log and "Restored all states from the checkpoint" in log
-    assert json.loads((run / "results.json").read_text())["global_step"] == 60
+    assert json.loads((run / "results.json").read_text())["global_step"] == 200
