@@ -97,16 +97,17 @@ def mamba_style_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
     return y * F.silu(z)
 
 
-def run_once(fn, args, gout) -> tuple[float, float, torch.Tensor, list[torch.Tensor]]:
+def run_once(fn, args, gout) -> tuple[list[float], torch.Tensor, list[torch.Tensor]]:
+    """[fwd wall, fwd+bwd wall, fwd cpu, fwd+bwd cpu] seconds, output, gradients."""
     for a in args:
         a.grad = None
     u, delta, A, B, C, D, z, db = args
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     out = fn(u, delta, A, B, C, D, z=z, delta_bias=db, delta_softplus=True)
-    t1 = time.perf_counter()
+    w1, c1 = time.perf_counter(), time.process_time()
     out.backward(gout)
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t0, out.detach(), [a.grad.clone() for a in args]
+    w2, c2 = time.perf_counter(), time.process_time()
+    return [w1 - w0, w2 - w0, c1 - c0, c2 - c0], out.detach(), [a.grad.clone() for a in args]
 
 
 def compare(name: str, shape: tuple[int, int, int, int], repeats: int, ref_fn=selective_scan_ref, ref_name="reference") -> None:
@@ -114,19 +115,22 @@ def compare(name: str, shape: tuple[int, int, int, int], repeats: int, ref_fn=se
     args = inputs(batch, dim, nstate, length)
     gout = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
     run_once(selective_scan_chunked, args, gout)  # warm-up: allocator, thread pool
-    best = {"chunked": [float("inf")] * 2, ref_name: [float("inf")] * 2}
+    best = {"chunked": [float("inf")] * 4, ref_name: [float("inf")] * 4}
     res = {}
     for _ in range(repeats):  # alternate, so load changes hit both sides alike
         for label, fn in (("chunked", selective_scan_chunked), (ref_name, ref_fn)):
-            fwd, total, out, grads = run_once(fn, args, gout)
-            best[label] = [min(best[label][0], fwd), min(best[label][1], total)]
+            times, out, grads = run_once(fn, args, gout)
+            best[label] = [min(a, b) for a, b in zip(best[label], times)]
             res[label] = (out, grads)
     c, r = best["chunked"], best[ref_name]
     print(f"\n{name}: batch {batch}, d_inner {dim}, d_state {nstate}, L {length}, fp32 (best of {repeats})")
-    print(f"  {'':<12} {'fwd s':>9} {'fwd+bwd s':>10}")
-    print(f"  {ref_name:<12} {r[0]:>9.3f} {r[1]:>10.3f}")
-    print(f"  {'chunked':<12} {c[0]:>9.3f} {c[1]:>10.3f}")
-    print(f"  ratio        {r[0] / c[0]:>8.1f}x {r[1] / c[1]:>9.1f}x   ({ref_name} time / chunked time)")
+    print(f"  {'':<12} {'fwd s':>9} {'fwd+bwd s':>10}   {'fwd cpu s':>10} {'fwd+bwd cpu s':>14}")
+    print(f"  {ref_name:<12} {r[0]:>9.3f} {r[1]:>10.3f}   {r[2]:>10.3f} {r[3]:>14.3f}")
+    print(f"  {'chunked':<12} {c[0]:>9.3f} {c[1]:>10.3f}   {c[2]:>10.3f} {c[3]:>14.3f}")
+    print(
+        f"  ratio        {r[0] / c[0]:>8.1f}x {r[1] / c[1]:>9.1f}x   {r[2] / c[2]:>9.1f}x {r[3] / c[3]:>13.1f}x"
+        f"   ({ref_name} / chunked; wall clock, then process CPU time)"
+    )
     (oc, gc), (orf, gr) = res["chunked"], res[ref_name]
     errs = [f"out {(oc - orf).abs().max().item():.1e}"]
     for n, a, b in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"), gc, gr):
@@ -153,12 +157,13 @@ def memory_child(length: int, threads: int) -> None:
     model(ids[:, :64]).sum().backward()  # warm-up at a tiny length
     model.zero_grad()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     logits = model(ids)
     torch.nn.functional.cross_entropy(logits[0], ids[0]).backward()
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"L": length, "seconds": dt, "peak_mib": peak / 1024, "base_mib": base / 1024}))
+    print(json.dumps({"L": length, "seconds": dt, "cpu_seconds": cpu, "peak_mib": peak / 1024, "base_mib": base / 1024}))
 
 
 def memory_main(ns: argparse.Namespace) -> None:
@@ -169,12 +174,12 @@ def memory_main(ns: argparse.Namespace) -> None:
         cmd = [sys.executable, __file__, "memory-child", str(length), "--threads", str(ns.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
-    print(f"  {'L':>7} {'time s':>8} {'peak RSS MiB':>13} {'growth MiB':>11} {'bytes/residue':>14}")
+    print(f"  {'L':>7} {'time s':>8} {'cpu s':>8} {'peak RSS MiB':>13} {'growth MiB':>11} {'bytes/residue':>14}")
     first = rows[0]
     for r in rows:
         growth = r["peak_mib"] - first["peak_mib"]
         per = growth * 2**20 / (r["L"] - first["L"]) if r["L"] != first["L"] else float("nan")
-        print(f"  {r['L']:>7} {r['seconds']:>8.2f} {r['peak_mib']:>13.1f} {growth:>11.1f} {per:>14.0f}")
+        print(f"  {r['L']:>7} {r['seconds']:>8.2f} {r['cpu_seconds']:>8.2f} {r['peak_mib']:>13.1f} {growth:>11.1f} {per:>14.0f}")
 
 
 def main() -> None:

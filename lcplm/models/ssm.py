@@ -317,9 +317,22 @@ def _adjoints(a: Tensor, g: Tensor, p: Optional[Tensor], g_end: Tensor, nsub: in
     return a3[0, 0] * g3[0, 0]
 
 
-def _from_time_major(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Time-major (L, B, X) -> (B, X, L) view, cast to dtype."""
-    return x.permute(1, 2, 0).to(dtype)
+def _like(x: Tensor, tm: Tensor) -> Tensor:
+    """A time-major (L, B, X) result as a (B, X, L) tensor with x's dtype and memory layout, so
+    that the ops around the scan see the strides they produced (no slow strided copies later)."""
+    length, bsz, width = tm.shape
+    out = torch.empty_like(x)
+    if out.is_contiguous():
+        out.view(bsz * width, length).copy_(tm.view(length, bsz * width).t())  # fast 2-D transpose
+    else:
+        out.copy_(tm.permute(1, 2, 0))
+    return out
+
+
+def _contract_n(h: Tensor, c: Tensor, scratch: Tensor) -> Tensor:
+    """sum_n c[k, b, n] h[k, b, n, d] -> (K, B, D); multiply + sum beats bmm's batched
+    (1 x N) @ (N x D) products several times on CPU."""
+    return torch.mul(h, c[:, :, :, None], out=scratch).sum(2)
 
 
 class _SelectiveScanChunked(torch.autograd.Function):
@@ -335,7 +348,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
             ch = _Chunk(scan, l0)
             starts.append(s)
             _, _, h, _, s = ch.states(s)
-            y = torch.matmul(ch.C[:, :, None, :], h).squeeze(2)[: ch.k]  # sum_n C_t h_t: (k, B, D)
+            y = _contract_n(h, ch.C, scan.buf_b)[: ch.k]  # sum_n C_t h_t: (k, B, D)
             if Df is not None:
                 y.addcmul_(ch.u[: ch.k], Df)
             if zt is not None:
@@ -345,7 +358,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
         ctx.delta_softplus = delta_softplus
         ctx.chunk_size = chunk_size
         last = s.view(scan.bsz, scan.n, scan.dim).transpose(1, 2).contiguous()
-        return _from_time_major(out, u.dtype), last
+        return _like(u, out), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
@@ -369,7 +382,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
             if zt is not None:
                 zk = _rows(zt, l0, l1, scan.K)
                 sz = torch.sigmoid(zk)
-                y = torch.matmul(ch.C[:, :, None, :], h).squeeze(2)
+                y = _contract_n(h, ch.C, scan.buf_g)
                 if Df is not None:
                     y.addcmul_(ch.u, Df)
                 # d silu(z)/dz = sigmoid(z) (1 + z (1 - sigmoid(z)))
@@ -380,8 +393,8 @@ class _SelectiveScanChunked(torch.autograd.Function):
             dC[l0:l1] = torch.mul(h, dy[:, :, None, :], out=scan.buf_g).sum(3)[:k]
             g = torch.mul(ch.C[:, :, :, None], dy[:, :, None, :], out=scan.buf_g)  # dL/dh_t via y_t
             g_end = _adjoints(a, g, p, g_end, scan.nsub)
-            w = torch.matmul(ch.B[:, :, None, :], g).squeeze(2)  # dL/d(delta_t u_t): (K, B, D)
             dB[l0:l1] = torch.mul(g, ch.du[:, :, None, :], out=a).sum(3)[:k]
+            w = _contract_n(g, ch.B, a)  # dL/d(delta_t u_t): (K, B, D)
             # a_t h_{t-1} = h_t - b_t; times g_t it is dL/d(delta_t A), as a = exp(delta A)
             q = torch.sub(h, b, out=h).mul_(g)
             dd = torch.mul(q, scan.At, out=b).sum(2)  # (K, B, D)
@@ -397,13 +410,13 @@ class _SelectiveScanChunked(torch.autograd.Function):
                 dbias += ddlt.sum((0, 1))
             ddelta[l0:l1] = ddlt
         return (
-            _from_time_major(du, u.dtype),
-            _from_time_major(ddelta, delta.dtype),
+            _like(u, du),
+            _like(delta, ddelta),
             dAt_b.sum(0).t().to(A.dtype),
-            _from_time_major(dB, B.dtype),
-            _from_time_major(dC, C.dtype),
+            _like(B, dB),
+            _like(C, dC),
             dD.to(D.dtype) if D is not None else None,
-            _from_time_major(dz, z.dtype) if z is not None else None,
+            _like(z, dz) if z is not None else None,
             dbias.to(delta_bias.dtype) if delta_bias is not None else None,
             None,
             None,
