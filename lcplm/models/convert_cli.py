@@ -47,7 +47,9 @@ def main(argv: list[str]) -> int:
         from lcplm.models import convert_esm
 
         return convert_esm.main(argv[1:])
-    p = argparse.ArgumentParser(prog="lcplm convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="lcplm convert", description="Move weights between LC-PLM / ESM-2 releases and lcplm checkpoints."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{lcplm-to-ours,ours-to-lcplm,esm-to-genome}")
     a = sub.add_parser("lcplm-to-ours", help="LC-PLM Hugging Face directory -> lcplm checkpoint")
     a.add_argument("src", help="directory with config.json and model.safetensors / pytorch_model.bin")
