@@ -185,6 +185,14 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     train_time = time.time() - t0
     if trainer.interrupted:
         raise UserError(f"training was interrupted; resume with --resume (run dir {out})")
+    # A run stopped by max_steps or max_time between two periodic saves still leaves its final
+    # weights in last.ckpt (stage 2 and eval-downstream read it); written atomically.
+    last = out / "checkpoints" / "last.ckpt"
+    saved_step = None
+    if last.is_file():
+        saved_step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    if saved_step != trainer.global_step:
+        trainer.save_checkpoint(str(last))
     metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
     results: dict[str, Any] = {
         "run_dir": str(out),
