@@ -160,7 +160,9 @@ class SeededBatchSampler(Sampler):
             yield [(i, seed + j) for j, i in enumerate(batches[b])]
 
     def __len__(self) -> int:
-        return max(0, len(self._batches()) // self.world - self.skip)
+        # The whole epoch's count, skipped batches included: on resume Lightning restores its
+        # batch counter to ``skip`` and ends the epoch when the counter reaches this length.
+        return len(self._batches()) // self.world
 
 
 def collate_windows(items: Sequence[WindowItem], mask_prob: float, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
