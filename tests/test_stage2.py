@@ -148,7 +148,9 @@ def test_resolve_data_path_uses_lcplm_data_dir(monkeypatch, tmp_path):
     assert resolve_data_path("shared:ppi/x.tsv") == tmp_path / "ppi" / "x.tsv"
     assert resolve_data_path("mine/x.tsv") == Path("mine/x.tsv")
     monkeypatch.delenv("LCPLM_DATA_DIR")
-    assert resolve_data_path("../shared/data/ppi/x.tsv") == Path("../shared/data/ppi/x.tsv")
+    # without the variable: ../shared/data beside the project root, whatever the working directory
+    beside_project = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    assert resolve_data_path("../shared/data/ppi/x.tsv") == beside_project / "ppi" / "x.tsv"
 
 
 def test_missing_shared_file_says_where_it_comes_from(monkeypatch, tmp_path):

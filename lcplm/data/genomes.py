@@ -27,8 +27,6 @@ gets a window of its own (``GenomeWindow.cropped`` names it).
 from __future__ import annotations
 
 import csv
-import importlib.resources
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 
 from lcplm.data import tokenizer
 from lcplm.data.fasta import iter_fasta
+from lcplm.data.paths import resolve_data_path, shared_data_dir  # noqa: F401  (re-exported)
 from lcplm.errors import UserError
 
 # The PHROG function categories (Terzian et al. 2021), as pharokka writes them.
@@ -94,33 +93,6 @@ class Genome:
 
 
 # ----------------------------------------------------------------------------- paths
-
-
-def shared_data_dir() -> Path:
-    """``$LCPLM_DATA_DIR``, else ``../shared/data`` beside the project root."""
-    env = os.environ.get("LCPLM_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def resolve_data_path(path: str) -> Path:
-    """Resolve a data path from a config.
-
-    ``shared:REL`` is ``REL`` under :func:`shared_data_dir`; ``package:PKG/REL`` is a file
-    inside an installed Python package (e.g. ``package:pyrodigal_gv/tests/phage_Agate.faa``);
-    anything else is a plain path (``~`` expanded).
-    """
-    if path.startswith("shared:"):
-        return shared_data_dir() / path[len("shared:"):]
-    if path.startswith("package:"):
-        pkg, _, rel = path[len("package:"):].partition("/")
-        try:
-            root = importlib.resources.files(pkg)
-        except ModuleNotFoundError:
-            raise UserError(f"{path}: Python package {pkg!r} is not installed") from None
-        return Path(str(root.joinpath(rel)))
-    return Path(path).expanduser()
 
 
 def _check_file(path: Path) -> None:

@@ -15,7 +15,6 @@ Batch: ``input_ids`` (B, L) right-padded with PAD, ``lengths`` (B,), ``labels`` 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,9 @@ from lcplm.data.batching import batch_generator
 from lcplm.data.datamodules import resume_position
 from lcplm.data.ppi_graph import EDGE_FORMATS, PPIGraph, load_ppi_graph, split_nodes
 from lcplm.data.walks import CSRGraph, ProteinTable, check_budget, walk_contexts
+from lcplm.data.paths import is_shared, resolve_data_path
 from lcplm.errors import UserError
 
-SHARED_PREFIX = "../shared/data/"
 # generator streams (lcplm.data.batching.batch_generator): batches, epoch orders, the node split
 TRAIN_STREAM, VAL_STREAM, SPLIT_STREAM = 10, 11, 12
 ORDER_POSITION = 2**32 - 1  # position word of an epoch's start order (batches use 0, 1, ...)
@@ -65,22 +64,12 @@ class PPIWalkDataConfig:
         check_config(self)
 
 
-def resolve_data_path(path: str) -> Path:
-    """A config path: ``../shared/data/REL`` (or ``shared:REL``) is ``$LCPLM_DATA_DIR/REL`` when set."""
-    env = os.environ.get("LCPLM_DATA_DIR")
-    for prefix in (SHARED_PREFIX, "shared:"):
-        if path.startswith(prefix):
-            rel = path[len(prefix):]
-            return Path(env) / rel if env else Path(SHARED_PREFIX) / rel
-    return Path(path).expanduser()
-
-
 def _existing(path: str, key: str) -> Path:
     p = resolve_data_path(path)
     if not p.is_file():
         hint = (
             " (it comes from ../shared/data, beside the project; set LCPLM_DATA_DIR to that folder)"
-            if path.startswith((SHARED_PREFIX, "shared:"))
+            if is_shared(path)
             else ""
         )
         raise UserError(f"data.{key}: file {p} not found{hint}")
