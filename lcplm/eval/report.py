@@ -88,7 +88,8 @@ def bar_chart(summary: list[dict[str, Any]], path: str | Path, title: str = "") 
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
     width = 0.8 / max(len(models), 1)
     for ax, ((task, metric), groups) in zip(axes.flat, panels.items()):
-        labels = [f"{split}\n{head}" for split, head in groups]
+        # TAPE's split names are long: "test_fold_holdout" is shown as "fold"
+        labels = [f"{split.removeprefix('test_').removesuffix('_holdout')}\n{head}" for split, head in groups]
         for j, m in enumerate(models):
             xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(groups))]
             ys = [g[m]["mean"] if m in g and g[m]["n"] else 0.0 for g in groups.values()]
