@@ -17,6 +17,12 @@ Batches: padded ``input_ids (B, L)`` with ``lengths (B,)``, or packed ``input_id
 with ``cu_seqlens (n+1,)``. A sequence's outputs are the same alone, in a padded batch or
 packed: it is reversed within its own extent, conv windows and scan states restart at its
 start, and everything else is per token. Hidden states at padding positions are zero.
+
+On CUDA with mamba-ssm (``scan_backend`` auto or cuda), padded batches run the kernels
+directly: after the per-sequence reversal the padding still sits after every sequence, so
+the causal conv and scan never carry it into real positions. Packed batches are unpacked
+into a right-padded batch for the scan kernel and packed back (``backends.selective_scan``),
+and their conv runs in PyTorch with per-sequence masking.
 """
 
 from __future__ import annotations
