@@ -1,19 +1,22 @@
-"""Selective scan on CPU (issue 3): the chunked scan vs the sequential reference, side by side.
+"""Selective scan on CPU (issue 3): the native and chunked scans vs the sequential reference.
 
     .venv/bin/python benchmarks/model/scan_cpu.py [--threads 2] [--repeats 3]
     .venv/bin/python benchmarks/model/scan_cpu.py --mamba-style        # + mamba-ssm-style reference
     .venv/bin/python benchmarks/model/scan_cpu.py memory [--lengths 4000 16000 32000 61000]
 
-``scan`` (default): fwd and fwd+bwd time of ``selective_scan_chunked`` and
-``selective_scan_ref`` at the issue's shape (batch 4, d_inner 256, d_state 16, L 4096, fp32,
-z, D, delta_bias, softplus) and at a small-state shape (one sequence through a d_model-64
-layer: batch 1, d_inner 128), best of ``--repeats`` alternating runs, their ratio, and the
-chunked scan's max errors against the reference (output and every gradient).
+``scan`` (default): fwd and fwd+bwd time of the fused C scan (``native``,
+``lcplm_kernels.selective_scan_cpu``, the CPU default), the pure-PyTorch
+``selective_scan_chunked`` (the fallback without a C compiler) and ``selective_scan_ref``, at
+the issue's shape (batch 4, d_inner 256, d_state 16, L 4096, fp32, z, D, delta_bias,
+softplus) and at a small-state shape (one sequence through a d_model-64 layer: batch 1,
+d_inner 128); best of ``--repeats`` alternating runs, the ratios, and each fast scan's max
+errors against the reference (output and every gradient).
 ``--mamba-style`` adds mamba-ssm's way of writing the reference (index a precomputed
 (B, D, L, N) tensor at every step; its autograd backward is quadratic in L) at L 1024.
 
 ``memory``: forward + backward of one sequence of L residues through a 2-layer d_model-64
-BiMamba-S, one subprocess per L so each peak RSS is clean; prints time, peak RSS, the growth
+BiMamba-S (``--backend``, default auto: native on CPU), one subprocess per L so each peak RSS
+is clean; prints time, peak RSS, the growth
 over the smallest L and the bytes per residue of that growth (linear memory: constant).
 """
 
@@ -33,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from lcplm.models.ssm import selective_scan_chunked, selective_scan_ref
+from lcplm_kernels import selective_scan_cpu as cpu_scan
+from lcplm_kernels.selective_scan_cpu import selective_scan_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,49 +115,71 @@ def run_once(fn, args, gout) -> tuple[list[float], torch.Tensor, list[torch.Tens
     return [w1 - w0, w2 - w0, c1 - c0, c2 - c0], out.detach(), [a.grad.clone() for a in args]
 
 
+def native_scan(*args, **kw):
+    return selective_scan_cpu(*args, **kw)
+
+
+def candidates() -> list[tuple[str, object]]:
+    out = [("chunked", selective_scan_chunked)]
+    if cpu_scan.available():
+        out.append(("native", native_scan))
+    else:
+        print(f"  (native scan unavailable: {cpu_scan.unavailable_reason()})")
+    return out
+
+
 def compare(name: str, shape: tuple[int, int, int, int], repeats: int, ref_fn=selective_scan_ref, ref_name="reference") -> None:
     batch, dim, nstate, length = shape
     args = inputs(batch, dim, nstate, length)
     gout = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
-    run_once(selective_scan_chunked, args, gout)  # warm-up: allocator, thread pool
-    best = {"chunked": [float("inf")] * 4, ref_name: [float("inf")] * 4}
+    fast = candidates()
+    for _, fn in fast:
+        run_once(fn, args, gout)  # warm-up: allocator, thread pools, the native build
+    sides = [(ref_name, ref_fn)] + fast
+    best = {label: [float("inf")] * 4 for label, _ in sides}
     res = {}
-    for _ in range(repeats):  # alternate, so load changes hit both sides alike
-        for label, fn in (("chunked", selective_scan_chunked), (ref_name, ref_fn)):
+    for _ in range(repeats):  # alternate, so load changes hit every side alike
+        for label, fn in sides:
             times, out, grads = run_once(fn, args, gout)
             best[label] = [min(a, b) for a, b in zip(best[label], times)]
             res[label] = (out, grads)
-    c, r = best["chunked"], best[ref_name]
+    r = best[ref_name]
     print(f"\n{name}: batch {batch}, d_inner {dim}, d_state {nstate}, L {length}, fp32 (best of {repeats})")
     print(f"  {'':<12} {'fwd s':>9} {'fwd+bwd s':>10}   {'fwd cpu s':>10} {'fwd+bwd cpu s':>14}")
-    print(f"  {ref_name:<12} {r[0]:>9.3f} {r[1]:>10.3f}   {r[2]:>10.3f} {r[3]:>14.3f}")
-    print(f"  {'chunked':<12} {c[0]:>9.3f} {c[1]:>10.3f}   {c[2]:>10.3f} {c[3]:>14.3f}")
-    print(
-        f"  ratio        {r[0] / c[0]:>8.1f}x {r[1] / c[1]:>9.1f}x   {r[2] / c[2]:>9.1f}x {r[3] / c[3]:>13.1f}x"
-        f"   ({ref_name} / chunked; wall clock, then process CPU time)"
-    )
-    (oc, gc), (orf, gr) = res["chunked"], res[ref_name]
-    errs = [f"out {(oc - orf).abs().max().item():.1e}"]
-    for n, a, b in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"), gc, gr):
-        errs.append(f"{n} {(a - b).abs().max().item():.1e} (of {b.abs().max().item():.1e})")
-    print("  max |chunked - " + ref_name + "|: " + ", ".join(errs))
+    for label, _ in sides:
+        c = best[label]
+        print(f"  {label:<12} {c[0]:>9.4f} {c[1]:>10.4f}   {c[2]:>10.4f} {c[3]:>14.4f}")
+    for label, _ in fast:
+        c = best[label]
+        print(
+            f"  ratio {label:<7}{r[0] / c[0]:>8.1f}x {r[1] / c[1]:>9.1f}x   {r[2] / c[2]:>9.1f}x {r[3] / c[3]:>13.1f}x"
+            f"   ({ref_name} / {label}; wall clock, then process CPU time)"
+        )
+    orf, gr = res[ref_name]
+    for label, _ in fast:
+        oc, gc = res[label]
+        errs = [f"out {(oc - orf).abs().max().item():.1e}"]
+        for n, a, b in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"), gc, gr):
+            errs.append(f"{n} {(a - b).abs().max().item():.1e} (of {b.abs().max().item():.1e})")
+        print(f"  max |{label} - {ref_name}|: " + ", ".join(errs))
 
 
 def scan_main(ns: argparse.Namespace) -> None:
     torch.set_num_threads(ns.threads)
     print(header(ns.threads))
+    print(f"native scan: {cpu_scan.library_info()}")
     compare("issue 3 shape", (4, 256, 16, ns.length), ns.repeats)
     compare("small state (one sequence, d_model 64 layer)", (1, 128, 16, 8192), ns.repeats)
     if ns.mamba_style:
         compare("vs mamba-style reference", (4, 256, 16, 1024), 1, mamba_style_ref, "mamba-style")
 
 
-def memory_child(length: int, threads: int) -> None:
+def memory_child(length: int, threads: int, backend: str) -> None:
     torch.set_num_threads(threads)
     from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 
     torch.manual_seed(0)
-    model = BiMambaLM(BiMambaConfig(d_model=64, n_layer=2))
+    model = BiMambaLM(BiMambaConfig(d_model=64, n_layer=2, scan_backend=backend))
     ids = torch.randint(4, 29, (1, length))
     model(ids[:, :64]).sum().backward()  # warm-up at a tiny length
     model.zero_grad()
@@ -168,10 +195,10 @@ def memory_child(length: int, threads: int) -> None:
 
 def memory_main(ns: argparse.Namespace) -> None:
     print(header(ns.threads))
-    print("\nforward + backward, one sequence, BiMamba-S d_model 64, 2 layers (chunked scan), one process per L")
+    print(f"\nforward + backward, one sequence, BiMamba-S d_model 64, 2 layers (scan backend {ns.backend}), one process per L")
     rows = []
     for length in ns.lengths:
-        cmd = [sys.executable, __file__, "memory-child", str(length), "--threads", str(ns.threads)]
+        cmd = [sys.executable, __file__, "memory-child", str(length), "--threads", str(ns.threads), "--backend", ns.backend]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
     print(f"  {'L':>7} {'time s':>8} {'cpu s':>8} {'peak RSS MiB':>13} {'growth MiB':>11} {'bytes/residue':>14}")
@@ -190,10 +217,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--mamba-style", action="store_true", help="also time mamba-ssm's reference formulation at L 1024")
+    p.add_argument("--backend", default="auto", help="memory mode: model.scan_backend (auto, native, chunked)")
     p.add_argument("--lengths", type=int, nargs="+", default=[4000, 16000, 32000, 61000])
     ns = p.parse_args()
     if ns.mode == "memory-child":
-        memory_child(ns.child_length, ns.threads)
+        memory_child(ns.child_length, ns.threads, ns.backend)
     elif ns.mode == "memory":
         memory_main(ns)
     else:

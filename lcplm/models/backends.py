@@ -29,7 +29,7 @@ GPU_INSTALL_HINT = "install the GPU extras on a CUDA machine: pip install -e .[g
 # Selective scan and causal depthwise conv (BiMamba-S)
 # ======================================================================================
 
-SCAN_BACKENDS = ("auto", "chunked", "reference", "cuda")
+SCAN_BACKENDS = ("auto", "native", "chunked", "reference", "cuda")
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,17 +51,48 @@ def causal_conv1d_fn() -> Optional[Callable]:
     return _optional_import("causal_conv1d", "causal_conv1d_fn")
 
 
-def resolve_scan_backend(backend: str, device: torch.device) -> str:
-    """The backend a scan on ``device`` runs with: ``auto`` becomes ``cuda`` or ``chunked``."""
+def _cpu_scan_module():
+    """``lcplm_kernels.selective_scan_cpu`` (the fused C scan), or None when it cannot import."""
+    try:
+        from lcplm_kernels import selective_scan_cpu
+    except ImportError:
+        return None
+    return selective_scan_cpu
+
+
+def native_scan_unavailable() -> Optional[str]:
+    """Why the fused CPU scan cannot run here (None when it can): it compiles on first use."""
+    mod = _cpu_scan_module()
+    if mod is None:
+        return "the lcplm_kernels package is not importable (install lcplm with `pip install -e .`)"
+    return mod.unavailable_reason()
+
+
+def resolve_scan_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The backend a scan on ``device`` runs with.
+
+    ``auto``: ``cuda`` (mamba-ssm) on CUDA tensors when importable; on CPU the fused C scan
+    (``native``) when it compiles here and the inputs are not fp64, else ``chunked``.
+    """
     if backend not in SCAN_BACKENDS:
         raise UserError(f"scan backend must be one of {list(SCAN_BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        return "cuda" if device.type == "cuda" and mamba_scan_fn() is not None else "chunked"
+        if device.type == "cuda":
+            return "cuda" if mamba_scan_fn() is not None else "chunked"
+        if device.type == "cpu" and dtype != torch.float64 and native_scan_unavailable() is None:
+            return "native"
+        return "chunked"
     if backend == "cuda":
         if mamba_scan_fn() is None:
             raise UserError(f"scan backend 'cuda' needs mamba-ssm, which is not importable: {GPU_INSTALL_HINT}")
         if device.type != "cuda":
             raise UserError(f"scan backend 'cuda' needs CUDA tensors, got tensors on {device}")
+    if backend == "native":
+        if device.type != "cpu":
+            raise UserError(f"scan backend 'native' is the CPU kernel; got tensors on {device} (use auto or cuda)")
+        reason = native_scan_unavailable()
+        if reason is not None:
+            raise UserError(f"scan backend 'native' is unavailable: {reason} (use chunked)")
     return backend
 
 
@@ -110,12 +141,21 @@ def selective_scan(
     cu_seqlens: (n+1,) int32 for a packed batch (B == 1): the state resets at every sequence
     start. Returns out (B, D, L) in u's dtype, plus the last state (B, D, N) if asked.
 
-    backend: ``reference`` (sequential, for tests), ``chunked`` (pure PyTorch, CPU default),
-    ``cuda`` (mamba-ssm's kernel), ``auto`` (cuda when importable on CUDA tensors, else
-    chunked). mamba-ssm's kernel has no segment resets: for a packed batch the cuda backend
+    backend: ``reference`` (sequential, for tests), ``native`` (the fused C kernel of
+    ``lcplm_kernels.selective_scan_cpu``, fp32, compiled on first use), ``chunked`` (pure
+    PyTorch), ``cuda`` (mamba-ssm's kernel), ``auto`` (cuda when importable on CUDA tensors;
+    on CPU native when it compiles and the inputs are not fp64, else chunked). mamba-ssm's kernel has no segment resets: for a packed batch the cuda backend
     unpacks the segments into a right-padded batch, scans it, and packs the result back.
     """
-    backend = resolve_scan_backend(backend, u.device)
+    backend = resolve_scan_backend(backend, u.device, u.dtype)
+    if backend == "native":
+        ssm.check_scan_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
+        keep = None
+        if cu_seqlens is not None:
+            keep = (~ssm.segment_starts(cu_seqlens, u.shape[-1])).float()
+        return _cpu_scan_module().selective_scan_cpu(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep
+        )
     if backend == "reference":
         return ssm.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cu_seqlens)
     if backend == "chunked":

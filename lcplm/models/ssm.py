@@ -40,7 +40,7 @@ def segment_starts(cu_seqlens: Tensor, length: int) -> Tensor:
     return starts.to(cu_seqlens.device)
 
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias, cu_seqlens):
+def check_scan_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias, cu_seqlens):
     if u.ndim != 3:
         raise ValueError(f"u must be (B, D, L), got {tuple(u.shape)}")
     bsz, dim, length = u.shape
@@ -81,7 +81,7 @@ def selective_scan_ref(
     cu_seqlens: (n+1,) int, packed batch (B == 1): the state resets at each sequence start.
     Returns out (B, D, L) in u's dtype, and the state after the last step (B, D, N) if asked.
     """
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
     dtype_in = u.dtype
     ct = torch.float64 if dtype_in == torch.float64 else torch.float32  # fp64 in: an fp64 oracle
     u, delta, A, B, C = u.to(ct), delta.to(ct), A.to(ct), B.to(ct), C.to(ct)
@@ -445,7 +445,7 @@ def selective_scan_chunked(
     state size (work tensors of ~2 MB). Returns out (B, D, L) in u's dtype, and the last
     state (B, D, N) fp32 if asked; gradients flow through both.
     """
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias, cu_seqlens)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     keep = None

@@ -12,7 +12,7 @@ import torch
 from lcplm.config import load_config
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import build_model
+from lcplm.models import backends, build_model
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM, SequenceLayout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,8 +117,10 @@ def test_padding_positions_are_zero_and_shapes():
     assert not h[0, 5:].any() and h[0, :5].abs().sum() > 0
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked", "auto"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "native", "auto"])
 def test_scan_backends_agree(backend):
+    if backend == "native" and (reason := backends.native_scan_unavailable()) is not None:
+        pytest.skip(f"native CPU scan unavailable: {reason}")
     seqs = random_ids([33, 12], seed=3)
     ids, lengths = padded(seqs)
     ref_model = tiny(scan_backend="reference")
