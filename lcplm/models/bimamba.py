@@ -61,7 +61,7 @@ class BiMambaConfig:
     vocab_size: int = tokenizer.PADDED_VOCAB_SIZE  # embedding / LM-head rows
     norm_eps: float = 1e-5  # RMSNorm epsilon
     residual_in_fp32: bool = True  # keep the residual stream in fp32 under bf16 autocast
-    scan_backend: str = "auto"  # auto | chunked | reference | cuda (lcplm.models.backends)
+    scan_backend: str = "auto"  # auto | native | chunked | reference | cuda (lcplm.models.backends)
     chunk_size: int = 0  # chunked scan: steps per chunk; 0 = picked from the state size
     tie_embeddings: bool = False  # LM head shares the embedding matrix (LC-PLM unties them)
     activation_checkpointing: bool = False  # recompute each block in backward (memory for time)

@@ -155,9 +155,20 @@ def test_two_point_sweep_on_real_slurm(tmp_path: Path):
     assert "| done |" in r.stdout
 
 
-def _squeue_state(job: str) -> str:
+def _squeue_state(job: str) -> str | None:
+    """The job's state, "" once it has left the queue, None when squeue itself failed (a busy
+    controller under load): callers keep polling rather than take a failure for "finished"."""
     r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
     return r.stdout.strip()
+
+
+def _point_state(status_file: Path) -> str:
+    try:
+        return json.loads(status_file.read_text())["state"]
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def _poll(cond, seconds: float, what: str) -> None:
@@ -198,7 +209,9 @@ def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
         _poll(lambda: _squeue_state(job) == "PENDING", 60, "the job to be requeued")
         # SLURM holds a requeued job for ~2 minutes; release it now
         subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], check=True)
-        _poll(lambda: _squeue_state(job) == "", 180, "the requeued job to finish")
+        # finished = the point's own status is terminal (not squeue, which can blink empty)
+        status_file = d / "status" / "000-lr0.002.json"
+        _poll(lambda: _point_state(status_file) in ("done", "failed"), 240, "the requeued job to finish")
     finally:
         subprocess.run(["scancel", job], check=False)
     log = "\n".join(p.read_text() for p in (d / "slurm").glob("*.out"))
