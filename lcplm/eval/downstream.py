@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from lcplm.data import benchmarks as bm
-from lcplm.data.genomes import resolve_data_path
+from lcplm.data.paths import resolve_data_path
 from lcplm.data.ppi_graph import read_sequence_table
 from lcplm.errors import UserError
 

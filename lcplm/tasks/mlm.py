@@ -70,12 +70,25 @@ class MLMTask(L.LightningModule):
         logits = self.model(**inputs)
         return masked_lm_loss(logits, batch["labels"])
 
+    def _nonfinite(self, loss: torch.Tensor) -> tuple[bool, bool]:
+        """(this rank's loss is NaN/inf, any rank's is): one tiny all-reduce when world size > 1."""
+        here = not bool(torch.isfinite(loss))
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return here, here
+        flag = torch.tensor([1.0 if here else 0.0], device=loss.device)
+        return here, bool(trainer.strategy.reduce(flag, reduce_op="max").item() > 0)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n, correct = self._step(batch)
-        if not torch.isfinite(loss):
+        here, anywhere = self._nonfinite(loss)
+        if anywhere:
             # NaN/inf guard: raise before the optimizer step so the last checkpoint stays good.
+            # Every rank raises at the same step (the flag is all-reduced), so a multi-process
+            # job stops together instead of leaving the other ranks waiting in a collective.
+            what = f"training loss is {loss.item()}" if here else "training loss is not finite on another rank"
             raise FloatingPointError(
-                f"training loss is {loss.item()} at global step {self.global_step}; "
+                f"{what} at global step {self.global_step}; "
                 "the last good checkpoint is untouched (lower the learning rate or check the data)"
             )
         bs = int(batch["labels"].shape[0])

@@ -177,12 +177,27 @@ def test_every_output_element_is_written(monkeypatch):
     assert all(torch.isfinite(g).all() for g in grads.values())
 
 
-def test_nan_input_propagates():
-    """-ffast-math must not hide a NaN: the model's NaN guard relies on seeing it."""
+@pytest.mark.parametrize("name", ["u", "delta", "B", "C", "z", "delta_bias", "D", "A"])
+def test_nan_input_propagates(name):
+    """-ffast-math must not hide a NaN (the model's NaN guard relies on seeing it): a NaN in
+    any input makes the outputs it reaches NaN, as in the reference."""
     x = make_inputs(1, 2, 16, 30)
-    x["u"][0, 1, 10] = float("nan")
-    out = native(**x, delta_softplus=True)
-    assert torch.isnan(out[0, 1, 10:]).all() and torch.isfinite(out[0, 0]).all()
+    t = x[name]
+    if t.dim() == 3:
+        t[0, 1 if name in ("u", "delta", "z") else 0, 10] = float("nan")
+    elif t.dim() == 2:
+        t[1, 3] = float("nan")
+    else:
+        t[1] = float("nan")
+    for softplus in (True, False):
+        got = native(**x, delta_softplus=softplus)
+        ref = ssm.selective_scan_ref(**x, delta_softplus=softplus)
+        assert torch.equal(torch.isnan(got), torch.isnan(ref)), (softplus, torch.isnan(got).sum(), torch.isnan(ref).sum())
+        assert torch.isnan(ref).any()
+        # and the backward: every gradient the reference makes NaN is NaN somewhere here too
+        g_got, g_ref = run(native, x, delta_softplus=softplus)[2], run(ssm.selective_scan_ref, x, delta_softplus=softplus)[2]
+        for k in g_ref:
+            assert bool(torch.isnan(g_got[k]).any()) == bool(torch.isnan(g_ref[k]).any()), (softplus, k)
 
 
 def test_saved_memory_is_linear():

@@ -71,3 +71,26 @@ def test_nan_loss_stops_with_a_clear_message():
     batch = {"input_ids": torch.tensor([[0, 5, 6, 2]]), "labels": torch.tensor([[-100, 5, -100, -100]])}
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         task.training_step(batch, 0)
+
+
+def test_nan_on_another_rank_stops_this_rank_too():
+    """Under DDP the non-finite flag is all-reduced: a rank with a finite loss raises at the same
+    step as the rank that saw NaN, instead of waiting for it in the next collective."""
+    seen = []
+
+    class FakeStrategy:
+        def reduce(self, t, reduce_op=None):
+            seen.append((t.clone(), reduce_op))
+            return torch.ones_like(t)  # another rank reported NaN
+
+    class FakeTrainer:
+        world_size = 2
+        global_step = 7
+        strategy = FakeStrategy()
+
+    task = MLMTask(_Toy(), OptimConfig())
+    task._trainer = FakeTrainer()
+    batch = {"input_ids": torch.tensor([[0, 5, 6, 2]]), "labels": torch.tensor([[-100, 5, -100, -100]])}
+    with pytest.raises(FloatingPointError, match="not finite on another rank at global step 7"):
+        task.training_step(batch, 0)
+    assert seen and seen[0][0].item() == 0.0 and seen[0][1] == "max"  # this rank's own loss was finite
