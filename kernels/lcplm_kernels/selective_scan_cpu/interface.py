@@ -3,8 +3,9 @@
 The C kernel (``scan.c``) does all of it per channel row: delta bias and softplus, the
 recurrence (its (d_state,) state in registers), the D skip, the silu(z) gate, and all their
 gradients, touching each input once per pass; PyTorch only sums the per-row partial
-gradients of A, B, C, D and the bias. Channels are split into contiguous row ranges, one per thread (``torch.get_num_threads()``);
-ctypes releases the GIL, so the threads run in parallel. The backward recomputes one chunk
+gradients of A, B, C, D and the bias. Channels are split into contiguous row ranges, one per
+thread (``torch.get_num_threads()``): the calling thread runs the first, a pool the others;
+ctypes releases the GIL, so they run in parallel. The backward recomputes one chunk
 of ``chunk_size`` steps at a time from the state saved at its start: saved memory is the
 inputs plus (B, D, L / chunk_size, N) states, linear in L.
 
@@ -42,6 +43,9 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     key = (os.getpid(), workers)
     with _pool_lock:
         if _pool.get("key") != key:
+            old = _pool.get("ex")
+            if old is not None and _pool["key"][0] == os.getpid():
+                old.shutdown(wait=False)  # the thread count changed: do not leak idle threads
             _pool["key"], _pool["ex"] = key, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcplm-scan")
         return _pool["ex"]
 
@@ -58,11 +62,9 @@ def _ranges(rows: int, threads: int) -> list[tuple[int, int]]:
 
 
 def _run(calls) -> None:
-    """Run thunks returning the kernel's status, in parallel when there are several."""
-    if len(calls) == 1:
-        codes = [calls[0]()]
-    else:
-        codes = [f.result() for f in [_executor(len(calls)).submit(c) for c in calls]]
+    """Run thunks returning the kernel's status: the first here, the others on the pool."""
+    futures = [_executor(len(calls) - 1).submit(c) for c in calls[1:]] if len(calls) > 1 else []
+    codes = [calls[0]()] + [f.result() for f in futures]
     if any(codes):
         raise RuntimeError(f"selective_scan_cpu kernel returned {codes}")
 
