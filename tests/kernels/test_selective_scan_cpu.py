@@ -301,3 +301,14 @@ def test_cache_is_keyed_by_cpu_features(fresh_build, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("LCPLM_KERNEL_CACHE", str(fresh_build))
     assert build.load() is not None and sorted(fresh_build.glob("*.so")) == second  # reused, not rebuilt
+
+
+def test_cc_may_carry_flags(fresh_build, monkeypatch):
+    """CC="gcc -O1"-style values (a command plus flags) are split like a shell would."""
+    cc = build.compiler()
+    assert cc is not None
+    monkeypatch.setenv("CC", f"{cc[0]} -DLCPLM_TEST_FLAG=1")
+    assert build.load() is not None, build.unavailable_reason()
+    assert len(list(fresh_build.glob("*.so"))) == 1
+    x = make_inputs(1, 3, 16, 20)
+    torch.testing.assert_close(selective_scan_cpu(**x), ssm.selective_scan_ref(**x), rtol=6e-4, atol=2e-3)

@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -45,15 +46,18 @@ def cache_dir() -> Path:
     return Path(base) / "lcplm" / "kernels"
 
 
-def compiler() -> Optional[str]:
-    """``$CC`` if set, else the first of cc, gcc, clang on PATH."""
-    env = os.environ.get("CC")
+def compiler() -> Optional[list[str]]:
+    """The compiler command: ``$CC`` if set (it may carry flags, e.g. ``gcc -m64``), else the
+    first of cc, gcc, clang on PATH; None when there is none."""
+    env = os.environ.get("CC", "").strip()
     if env:
-        return shutil.which(env) or (env if os.path.isfile(env) else None)
+        parts = shlex.split(env)
+        exe = shutil.which(parts[0]) or (parts[0] if os.path.isfile(parts[0]) else None)
+        return [exe, *parts[1:]] if exe else None
     for name in ("cc", "gcc", "clang"):
         path = shutil.which(name)
         if path:
-            return path
+            return [path]
     return None
 
 
@@ -67,27 +71,27 @@ def _cpu_flags() -> str:
     return platform.machine() + " " + platform.processor()
 
 
-def _compiler_version(cc: str) -> str:
+def _compiler_version(cc: list[str]) -> str:
     try:
-        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return " ".join(cc) + "\n" + subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> Optional[str]:
+def _compile(cc: list[str], flags: list[str], target: Path) -> Optional[str]:
     """Build into ``target``; None on success, else the compiler's complaint (one line)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([*cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             lines = [x for x in (proc.stderr or proc.stdout).splitlines() if x.strip()]
-            return f"{Path(cc).name} exited {proc.returncode}: " + (lines[0] if lines else "no output")
+            return f"{Path(cc[0]).name} exited {proc.returncode}: " + (lines[0] if lines else "no output")
         os.replace(tmp, target)
         return None
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"{Path(cc).name} failed: {exc}"
+        return f"{Path(cc[0]).name} failed: {exc}"
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -128,6 +132,8 @@ def _build() -> tuple[Optional[ctypes.CDLL], str]:
         return None, "disabled by LCPLM_CPU_SCAN=0"
     cc = compiler()
     if cc is None:
+        if os.environ.get("CC", "").strip():
+            return None, f"no C compiler found: $CC={os.environ['CC']!r} is not an executable"
         return None, "no C compiler found (set CC, or install gcc)"
     version = _compiler_version(cc)
     errors = []
