@@ -200,14 +200,19 @@ def causal_conv1d(
     start read zeros, so no window crosses a boundary. Returns (B, E, L) in x's dtype.
 
     On CUDA tensors without ``positions``, causal-conv1d's kernel runs when importable
-    (``backend`` auto or cuda, K <= 4); otherwise a sum of K shifted copies (the same
-    arithmetic for padded and packed batches) whose autograd keeps only x.
+    (``backend`` auto or cuda, K <= 4). On CPU, ``backend`` auto or native runs the fused C
+    conv of ``lcplm_kernels.selective_scan_cpu`` when the native scan would (same library);
+    otherwise a sum of K shifted copies (the same arithmetic for padded and packed batches)
+    whose autograd keeps only x.
     """
     k = weight.shape[1]
     # the kernel supports windows of 2 to 4 steps
     if x.is_cuda and positions is None and backend in ("auto", "cuda") and 2 <= k <= 4 and causal_conv1d_fn() is not None:
         # contiguous (B, E, L), the layout mamba-ssm itself feeds the kernel
         return causal_conv1d_fn()(x.contiguous(), weight, bias, activation="silu" if silu else None)
+    if backend in ("auto", "native") and resolve_scan_backend(backend, x.device, x.dtype) == "native":
+        # the fused C conv, from the same CPU library as the native scan
+        return _cpu_scan_module().causal_conv1d_cpu(x, weight, bias, positions, silu)
     return _CausalConv.apply(x, weight, bias, positions, silu)
 
 

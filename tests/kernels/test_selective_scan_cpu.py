@@ -312,3 +312,74 @@ def test_cc_may_carry_flags(fresh_build, monkeypatch):
     assert len(list(fresh_build.glob("*.so"))) == 1
     x = make_inputs(1, 3, 16, 20)
     torch.testing.assert_close(selective_scan_cpu(**x), ssm.selective_scan_ref(**x), rtol=6e-4, atol=2e-3)
+
+
+# ------------------------------------------------------------------------ causal conv
+
+
+def _conv_case(batch, dim, length, k, pos_kind, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, dim, length, generator=g)
+    w = torch.randn(dim, k, generator=g)
+    b = torch.randn(dim, generator=g) if bias else None
+    pos = None
+    if pos_kind == "L":  # packed: segments [0, 7), [7, L)
+        pos = torch.cat([torch.arange(min(7, length)), torch.arange(max(0, length - 7))])
+    elif pos_kind == "BL":
+        pos = torch.stack([torch.arange(length)] + [torch.cat([torch.arange(min(5, length)), torch.arange(max(0, length - 5))])] * (batch - 1))
+    return x, w, b, pos
+
+
+def _conv_run(fn, x, w, b, pos, silu, gout):
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    out = fn(*leaves, pos, silu)
+    (out * gout).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
+@pytest.mark.parametrize(
+    "batch,dim,length,k,pos_kind,bias",
+    [(2, 5, 63, 4, None, True), (1, 3, 1, 4, None, True), (2, 4, 30, 3, "L", False), (3, 4, 30, 4, "BL", True),
+     (1, 6, 3, 5, None, True), (1, 6, 40, 2, "L", True), (2, 3, 1000, 4, "L", True)],
+)
+@pytest.mark.parametrize("silu", [True, False])
+def test_causal_conv_matches_pytorch(batch, dim, length, k, pos_kind, bias, silu):
+    from lcplm_kernels.selective_scan_cpu import causal_conv1d_cpu
+
+    x, w, b, pos = _conv_case(batch, dim, length, k, pos_kind, bias)
+    gout = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
+    got = _conv_run(causal_conv1d_cpu, x, w, b, pos, silu, gout)
+    ref = _conv_run(backends._CausalConv.apply, x, w, b, pos, silu, gout)
+    for name, p, q in zip(("out", "dx", "dw", "dbias"), got, ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_causal_conv_dispatch_threads_and_unwritten_buffers(monkeypatch):
+    from lcplm_kernels.selective_scan_cpu import causal_conv1d_cpu
+
+    x, w, b, pos = _conv_case(2, 7, 50, 4, "BL", True, seed=3)
+    gout = torch.randn(2, 7, 50, generator=torch.Generator().manual_seed(4))
+    ref = _conv_run(backends._CausalConv.apply, x, w, b, pos, True, gout)
+    # backends.causal_conv1d: auto and native take the C conv on CPU, chunked keeps PyTorch's
+    calls = []
+    real = backends._cpu_scan_module().causal_conv1d_cpu
+    monkeypatch.setattr(backends._cpu_scan_module(), "causal_conv1d_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for backend in ("auto", "native", "chunked"):
+        out = backends.causal_conv1d(x, w, b, positions=pos, backend=backend)
+        torch.testing.assert_close(out, ref[0], rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
+    monkeypatch.undo()
+    before = torch.get_num_threads()
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: real_empty_like(*a, **k).fill_(float("nan")))
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            got = _conv_run(causal_conv1d_cpu, x, w, b, pos, True, gout)
+            for p, q in zip(got, ref):
+                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="positions"):
+        causal_conv1d_cpu(x, w, b, torch.arange(49))

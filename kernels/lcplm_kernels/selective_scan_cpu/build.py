@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("scan.c")
-ABI = 3
+ABI = 4
 # -O2 -ftree-vectorize, not -O3: GCC 12 at -O3 makes the backward 4x slower (measured).
 # NaN still propagates under -ffast-math: scan.c tests for it on the bits (see exp_f).
 FLAGS = ["-O2", "-ftree-vectorize", "-ffast-math", "-fPIC", "-shared", "-std=c11", "-fno-strict-aliasing"]
@@ -111,6 +111,14 @@ class ScanArgs(ctypes.Structure):
     ]
 
 
+class ConvArgs(ctypes.Structure):
+    """Mirror of ``conv_args`` in scan.c."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("E", "L", "K", "silu", "pos_stride_b")] + [
+        (name, ctypes.c_void_p) for name in ("x", "w", "bias", "pos", "out", "dout", "dx", "dw_part", "dbias_part")
+    ]
+
+
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -124,6 +132,10 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.lcplm_scan_fwd.argtypes = [ctypes.POINTER(ScanArgs), i64, i64, ptr]
     lib.lcplm_scan_bwd.restype = ctypes.c_int
     lib.lcplm_scan_bwd.argtypes = [ctypes.POINTER(ScanArgs), i64, i64, ptr, ptr, ptr]
+    lib.lcplm_conv_fwd.restype = ctypes.c_int
+    lib.lcplm_conv_fwd.argtypes = [ctypes.POINTER(ConvArgs), i64, i64]
+    lib.lcplm_conv_bwd.restype = ctypes.c_int
+    lib.lcplm_conv_bwd.argtypes = [ctypes.POINTER(ConvArgs), i64, i64, ptr]
     return lib
 
 

@@ -323,5 +323,121 @@ int lcplm_scan_bwd(const scan_args *a, int64_t r0, int64_t r1, float *dBt, float
     return 0;
 }
 
-/* Version of the entry points and scan_args, checked by the loader. */
-int lcplm_scan_abi(void) { return 3; }
+/* ------------------------------------------------------------------------------------
+ * Causal depthwise conv1d + SiLU, the other per-token operation of the Mamba mixer:
+ *   pre_l = bias + sum_{j < K, j <= l, pos_l >= j} w[K-1-j] x_{l-j},   out_l = silu(pre_l)
+ * pos (Bsz, L) int32 (pos_stride_b 0 when it is (L,)): each token's index within its own
+ * packed sequence, so no window crosses a sequence start; NULL for padded batches.
+ * Shapes: x, out, dout, dx: (R, L), R = Bsz * E; w: (E, K); bias: (E,) or NULL.
+ * The backward recomputes pre (only x is saved) and writes per-row partial sums of dw and
+ * dbias (R, K) and (R,), summed over the batch by the caller.
+ * ------------------------------------------------------------------------------------ */
+typedef struct {
+    int64_t E, L, K, silu, pos_stride_b;
+    const float *x, *w, *bias;
+    const int32_t *pos;
+    float *out;
+    const float *dout;
+    float *dx, *dw_part, *dbias_part;
+} conv_args;
+
+/* pre-activation of one row into pre[0..L) */
+INLINE void conv_pre(const conv_args *a, int64_t r, const int64_t K, float *restrict pre) {
+    const int64_t L = a->L, e = r % a->E, b = r / a->E;
+    const float *restrict xr = a->x + r * L;
+    const float *restrict w = a->w + e * K;
+    const int32_t *restrict pos = a->pos ? a->pos + b * a->pos_stride_b : NULL;
+    const float bias = a->bias ? a->bias[e] : 0.0f;
+    for (int64_t l = 0; l < L; l++) pre[l] = bias + w[K - 1] * xr[l];
+    for (int64_t j = 1; j < K && j < L; j++) {
+        const float wj = w[K - 1 - j];
+        if (pos)
+            for (int64_t l = j; l < L; l++) pre[l] += pos[l] >= j ? wj * xr[l - j] : 0.0f;
+        else
+            for (int64_t l = j; l < L; l++) pre[l] += wj * xr[l - j];
+    }
+}
+
+INLINE void conv_fwd_row(const conv_args *a, int64_t r, const int64_t K) {
+    const int64_t L = a->L; /* a local: a->L in the loop condition blocks vectorisation */
+    float *restrict out = a->out + r * L;
+    conv_pre(a, r, K, out);
+    if (a->silu)
+        for (int64_t l = 0; l < L; l++) out[l] = out[l] * sigmoid_f(out[l]);
+}
+
+INLINE void conv_bwd_row(const conv_args *a, int64_t r, const int64_t K, float *restrict dpre) {
+    const int64_t L = a->L, e = r % a->E, b = r / a->E;
+    const float *restrict xr = a->x + r * L;
+    const float *restrict dor = a->dout + r * L;
+    const float *restrict w = a->w + e * K;
+    const int32_t *restrict pos = a->pos ? a->pos + b * a->pos_stride_b : NULL;
+    float *restrict dxr = a->dx + r * L;
+    conv_pre(a, r, K, dpre);
+    if (a->silu)
+        for (int64_t l = 0; l < L; l++) {
+            float p = dpre[l], s = sigmoid_f(p);
+            dpre[l] = dor[l] * (s * (1.0f + p * (1.0f - s)));
+        }
+    else
+        for (int64_t l = 0; l < L; l++) dpre[l] = dor[l];
+    float db = 0.0f, dw0 = 0.0f;
+    const float w0 = w[K - 1];
+    for (int64_t l = 0; l < L; l++) {
+        db += dpre[l];
+        dw0 += dpre[l] * xr[l];
+        dxr[l] = w0 * dpre[l];
+    }
+    a->dw_part[r * K + K - 1] = dw0;
+    for (int64_t j = 1; j < K; j++) {
+        const float wj = w[K - 1 - j];
+        float dwj = 0.0f;
+        if (pos)
+            for (int64_t l = j; l < L; l++) {
+                float g = pos[l] >= j ? dpre[l] : 0.0f;
+                dwj += g * xr[l - j];
+                dxr[l - j] += g * wj;
+            }
+        else
+            for (int64_t l = j; l < L; l++) {
+                dwj += dpre[l] * xr[l - j];
+                dxr[l - j] += dpre[l] * wj;
+            }
+        a->dw_part[r * K + K - 1 - j] = dwj;
+    }
+    if (a->dbias_part) a->dbias_part[r] = db;
+}
+
+#define DISPATCH_K(CALL)        \
+    switch (a->K) {             \
+        case 4: CALL(4); break; \
+        case 2: CALL(2); break; \
+        case 3: CALL(3); break; \
+        default: CALL(a->K); break; \
+    }
+
+int lcplm_conv_fwd(const conv_args *a, int64_t r0, int64_t r1) {
+    if (a->K < 1 || a->L < 1) return 1;
+    FTZ_BEGIN
+#define CFWD(KK) \
+    for (int64_t r = r0; r < r1; r++) conv_fwd_row(a, r, KK)
+    DISPATCH_K(CFWD)
+#undef CFWD
+    FTZ_END
+    return 0;
+}
+
+/* work: L floats of scratch owned by the calling thread */
+int lcplm_conv_bwd(const conv_args *a, int64_t r0, int64_t r1, float *work) {
+    if (a->K < 1 || a->L < 1) return 1;
+    FTZ_BEGIN
+#define CBWD(KK) \
+    for (int64_t r = r0; r < r1; r++) conv_bwd_row(a, r, KK, work)
+    DISPATCH_K(CBWD)
+#undef CBWD
+    FTZ_END
+    return 0;
+}
+
+/* Version of the entry points, scan_args and conv_args, checked by the loader. */
+int lcplm_scan_abi(void) { return 4; }
