@@ -57,3 +57,23 @@ def assert_close_all(a, b, names=NAMES):
         if k in grads_b:
             rtol, atol = GRAD_TOL[k]
             torch.testing.assert_close(grads_a[k], grads_b[k], rtol=rtol, atol=atol, msg=lambda m: f"d{k}: {m}")
+
+
+def assert_error_at_most_twice_the_references(fn, reference):
+    """Flash-attention's rule: ``fn``'s error against an fp64 oracle (``reference`` run in
+    fp64) is at most twice the fp32 ``reference``'s own error, for the output and every
+    gradient."""
+    x = make_inputs(2, 8, 16, 500, seed=4)
+    gout = torch.randn(2, 8, 500, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    oracle = run(reference, {k: (v.double() if v is not None else None) for k, v in x.items()}, gout,
+                 delta_softplus=True)
+    ref = run(reference, x, gout.float(), delta_softplus=True)
+    got = run(fn, x, gout.float(), delta_softplus=True)
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(got[0], oracle[0]) <= 2 * err(ref[0], oracle[0]) + 1e-6
+    for k in NAMES:
+        scale = oracle[2][k].abs().max().item()
+        assert err(got[2][k], oracle[2][k]) <= 2 * err(ref[2][k], oracle[2][k]) + 1e-6 * scale, k

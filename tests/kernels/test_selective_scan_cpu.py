@@ -16,7 +16,7 @@ import torch
 from lcplm.errors import UserError
 from lcplm.models import backends, ssm
 from lcplm_kernels.selective_scan_cpu import build, interface, selective_scan_cpu
-from scan_cases import ATOLW, GRAD_TOL, NAMES, RTOLW, assert_close_all, make_inputs, run
+from scan_cases import ATOLW, NAMES, RTOLW, assert_close_all, assert_error_at_most_twice_the_references, make_inputs, run
 
 
 def _require_kernel():
@@ -78,19 +78,7 @@ def test_optional_inputs(has_D, has_z, has_bias):
 
 
 def test_error_against_fp64_oracle_is_at_most_twice_the_references():
-    x = make_inputs(2, 8, 16, 500, seed=4)
-    gout = torch.randn(2, 8, 500, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    oracle = run(ssm.selective_scan_ref, {k: v.double() for k, v in x.items()}, gout, delta_softplus=True)
-    ref = run(ssm.selective_scan_ref, x, gout.float(), delta_softplus=True)
-    got = run(native, x, gout.float(), delta_softplus=True)
-
-    def err(a, b):
-        return (a.double() - b).abs().max().item()
-
-    assert err(got[0], oracle[0]) <= 2 * err(ref[0], oracle[0]) + 1e-6
-    for k in NAMES:
-        scale = oracle[2][k].abs().max().item()
-        assert err(got[2][k], oracle[2][k]) <= 2 * err(ref[2][k], oracle[2][k]) + 1e-6 * scale, k
+    assert_error_at_most_twice_the_references(native, ssm.selective_scan_ref)
 
 
 def test_softplus_over_the_whole_range():

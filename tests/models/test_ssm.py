@@ -15,7 +15,9 @@ import torch
 from lcplm.errors import UserError
 from lcplm.models import backends, ssm
 
-from scan_cases import ATOL, ATOLW, GRAD_TOL, NAMES, RTOL, RTOLW, assert_close_all, make_inputs, run  # noqa: F401
+from scan_cases import (  # noqa: F401
+    ATOL, ATOLW, GRAD_TOL, NAMES, RTOL, RTOLW, assert_close_all, assert_error_at_most_twice_the_references, make_inputs, run,
+)
 
 
 @pytest.mark.parametrize(
@@ -58,20 +60,7 @@ def test_chunk_sizes_and_sub_chunks(chunk_size):
 
 def test_error_against_fp64_oracle_is_at_most_twice_the_references():
     """Flash-attention's rule: the fast path's error vs an fp64 oracle <= 2x the fp32 reference's."""
-    x = make_inputs(2, 8, 16, 500, seed=4)
-    gout = torch.randn(2, 8, 500, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    oracle = run(ssm.selective_scan_ref, {k: (v.double() if v is not None else None) for k, v in x.items()}, gout,
-                 delta_softplus=True)
-    ref = run(ssm.selective_scan_ref, x, gout.float(), delta_softplus=True)
-    got = run(ssm.selective_scan_chunked, x, gout.float(), delta_softplus=True)
-
-    def err(a, b):
-        return (a.double() - b).abs().max().item()
-
-    assert err(got[0], oracle[0]) <= 2 * err(ref[0], oracle[0]) + 1e-6
-    for k in NAMES:
-        scale = oracle[2][k].abs().max().item()
-        assert err(got[2][k], oracle[2][k]) <= 2 * err(ref[2][k], oracle[2][k]) + 1e-6 * scale, k
+    assert_error_at_most_twice_the_references(ssm.selective_scan_chunked, ssm.selective_scan_ref)
 
 
 def test_large_decays_stay_finite_and_exact():

@@ -14,14 +14,7 @@ import torch
 from torch import Tensor
 
 from . import build
-from .interface import _f32, _p, _ranges, _run
-
-
-def _args(**kw) -> build.ConvArgs:
-    args = build.ConvArgs()
-    for name, value in kw.items():
-        setattr(args, name, _p(value) if isinstance(value, Tensor) or value is None else value)
-    return args
+from .interface import _args, _f32, _p, _ranges, _run
 
 
 def _pos32(positions: Optional[Tensor], bsz: int, length: int) -> tuple[Optional[Tensor], int]:
@@ -41,7 +34,7 @@ class _CausalConvCPU(torch.autograd.Function):
         xf, wf, bf = _f32(x), _f32(weight), _f32(bias)
         pos, pos_stride = _pos32(positions, bsz, length)
         out = torch.empty(bsz, dim, length, dtype=torch.float32)
-        args = _args(E=dim, L=length, K=k, silu=int(silu), pos_stride_b=pos_stride, x=xf, w=wf, bias=bf, pos=pos, out=out)
+        args = _args(build.ConvArgs, E=dim, L=length, K=k, silu=int(silu), pos_stride_b=pos_stride, x=xf, w=wf, bias=bf, pos=pos, out=out)
         _run([(lambda r0=r0, r1=r1: lib.lcplm_conv_fwd(args, r0, r1)) for r0, r1 in _ranges(bsz * dim, torch.get_num_threads())])
         ctx.save_for_backward(xf, wf, bf, pos)
         ctx.silu, ctx.pos_stride = silu, pos_stride
@@ -59,7 +52,7 @@ class _CausalConvCPU(torch.autograd.Function):
         dw_part = torch.empty(rows, k, dtype=torch.float32)
         dbias_part = torch.empty(rows, dtype=torch.float32)
         args = _args(
-            E=dim, L=length, K=k, silu=int(ctx.silu), pos_stride_b=ctx.pos_stride,
+            build.ConvArgs, E=dim, L=length, K=k, silu=int(ctx.silu), pos_stride_b=ctx.pos_stride,
             x=xf, w=wf, bias=bf, pos=pos, dout=_f32(dout), dx=dx, dw_part=dw_part, dbias_part=dbias_part,
         )  # fmt: skip
         parts = _ranges(rows, torch.get_num_threads())

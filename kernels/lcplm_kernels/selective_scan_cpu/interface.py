@@ -77,8 +77,9 @@ def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.detach().to(torch.float32).contiguous()
 
 
-def _args(**kw) -> build.ScanArgs:
-    args = build.ScanArgs()
+def _args(struct=build.ScanArgs, **kw):
+    """A ctypes argument struct (ScanArgs or ConvArgs): tensors become data pointers, None NULL."""
+    args = struct()
     for name, value in kw.items():
         setattr(args, name, _p(value) if isinstance(value, Tensor) or value is None else value)
     return args
