@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -68,6 +69,22 @@ def native_scan_unavailable() -> Optional[str]:
     return mod.unavailable_reason()
 
 
+_fallback_warned: list[str] = []
+
+
+def _warn_fallback_once(reason: str) -> None:
+    """Say once per process that CPU runs take the slower PyTorch scan, unless asked for."""
+    if _fallback_warned or reason.startswith("disabled by LCPLM_CPU_SCAN"):
+        return
+    _fallback_warned.append(reason)
+    warnings.warn(
+        f"lcplm: the native CPU scan is unavailable ({reason}); using the pure-PyTorch chunked scan, "
+        "about 5x slower (LCPLM_CPU_SCAN=0 chooses it silently)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def resolve_scan_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """The backend a scan on ``device`` runs with.
 
@@ -79,8 +96,11 @@ def resolve_scan_backend(backend: str, device: torch.device, dtype: Optional[tor
     if backend == "auto":
         if device.type == "cuda":
             return "cuda" if mamba_scan_fn() is not None else "chunked"
-        if device.type == "cpu" and dtype != torch.float64 and native_scan_unavailable() is None:
-            return "native"
+        if device.type == "cpu" and dtype != torch.float64:
+            reason = native_scan_unavailable()
+            if reason is None:
+                return "native"
+            _warn_fallback_once(reason)
         return "chunked"
     if backend == "cuda":
         if mamba_scan_fn() is None:

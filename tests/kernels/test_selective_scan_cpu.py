@@ -9,6 +9,7 @@ use; without a C compiler these tests skip, unless LCPLM_REQUIRE_NATIVE_SCAN=1 (
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -258,7 +259,12 @@ def test_missing_compiler_falls_back_with_a_reason(fresh_build, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert build.load() is None
     assert "no C compiler" in build.unavailable_reason()
-    assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
+    monkeypatch.setattr(backends, "_fallback_warned", [])
+    with pytest.warns(RuntimeWarning, match="native CPU scan is unavailable .no C compiler"):
+        assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, not at every layer
+        assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
     with pytest.raises(UserError, match="'native' is unavailable: no C compiler"):
         backends.resolve_scan_backend("native", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="unavailable"):
@@ -274,6 +280,10 @@ def test_failing_compiler_and_switch_off(fresh_build, monkeypatch):
     monkeypatch.delenv("CC")
     monkeypatch.setenv("LCPLM_CPU_SCAN", "0")
     assert build.load() is None and "LCPLM_CPU_SCAN=0" in build.unavailable_reason()
+    monkeypatch.setattr(backends, "_fallback_warned", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # switched off on purpose: no warning
+        assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
 
 
 def test_cache_is_keyed_by_cpu_features(fresh_build, monkeypatch):
@@ -371,3 +381,12 @@ def test_causal_conv_dispatch_threads_and_unwritten_buffers(monkeypatch):
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="positions"):
         causal_conv1d_cpu(x, w, b, torch.arange(49))
+
+
+def test_unwritable_cache_falls_back_to_the_temp_dir(fresh_build, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LCPLM_KERNEL_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(build.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert build.load() is not None, build.unavailable_reason()
+    assert str(tmp_path / "tmp") in build.library_info()

@@ -80,9 +80,12 @@ def _compiler_version(cc: list[str]) -> str:
 
 def _compile(cc: list[str], flags: list[str], target: Path) -> Optional[str]:
     """Build into ``target``; None on success, else the compiler's complaint (one line)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot write to the kernel cache {target.parent}: {exc.strerror or exc}"
     try:
         proc = subprocess.run([*cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -153,17 +156,27 @@ def _build() -> tuple[Optional[ctypes.CDLL], str]:
         key = hashlib.sha256(
             "\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_flags(), str(ABI)]).encode()
         ).hexdigest()[:20]
-        target = cache_dir() / f"selective_scan_cpu-{key}.so"
-        if not target.exists():
-            err = _compile(cc, flags, target)
-            if err is not None:
-                errors.append(err)
-                continue
-        try:
-            return _bind(target), f"{target} ({' '.join(flags)})"
-        except OSError as exc:
-            errors.append(f"cannot load {target}: {exc}")
+        for folder in _cache_dirs():
+            target = folder / f"selective_scan_cpu-{key}.so"
+            if not target.exists():
+                err = _compile(cc, flags, target)
+                if err is not None:
+                    errors.append(err)
+                    if err.startswith("cannot write"):
+                        continue  # an unwritable cache: try the next folder
+                    break  # the compiler itself failed: the next flags, not the next folder
+            try:
+                return _bind(target), f"{target} ({' '.join(flags)})"
+            except OSError as exc:
+                errors.append(f"cannot load {target}: {exc}")
+                break
     return None, "; ".join(errors)
+
+
+def _cache_dirs() -> list[Path]:
+    """The cache, then a per-user folder under the temporary directory (a read-only home)."""
+    fallback = Path(tempfile.gettempdir()) / f"lcplm-kernels-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    return [cache_dir(), fallback]
 
 
 def load() -> Optional[ctypes.CDLL]:
