@@ -207,7 +207,10 @@ def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
         # what `#SBATCH --signal=USR1@N` does before the time limit
         subprocess.run(["scancel", "--signal=USR1", job], check=True)
         _poll(lambda: _squeue_state(job) == "PENDING", 60, "the job to be requeued")
-        # SLURM holds a requeued job for ~2 minutes; release it now
+        # SLURM holds a requeued job for ~2 minutes; release it now. Not within the second of the
+        # requeue: slurmd revoked the old launch credential at that second, and a launch stamped
+        # with the same second is refused ("Job credential revoked": the job then fails outright).
+        time.sleep(2.0)
         subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], check=True)
         # finished = the point's own status is terminal (not squeue, which can blink empty)
         status_file = d / "status" / "000-lr0.002.json"
