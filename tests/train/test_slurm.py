@@ -212,9 +212,18 @@ def test_sigusr1_saves_requeues_and_resumes_on_real_slurm(tmp_path: Path):
         # with the same second is refused ("Job credential revoked": the job then fails outright).
         time.sleep(2.0)
         subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], check=True)
-        # finished = the point's own status is terminal (not squeue, which can blink empty)
+        # finished = the point's own status is terminal; a job that has left the queue for 15 s
+        # without that is over too (the assertion below then shows its log)
         status_file = d / "status" / "000-lr0.002.json"
-        _poll(lambda: _point_state(status_file) in ("done", "failed"), 240, "the requeued job to finish")
+        deadline, gone_since = time.monotonic() + 240, None
+        while time.monotonic() < deadline and _point_state(status_file) not in ("done", "failed"):
+            if _squeue_state(job) == "":
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > 15:
+                    break
+            else:
+                gone_since = None
+            time.sleep(0.5)
     finally:
         subprocess.run(["scancel", job], check=False)
     log = "\n".join(p.read_text() for p in (d / "slurm").glob("*.out"))
