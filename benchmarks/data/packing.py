@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,9 @@ from lcplm.data.cache import DEFAULT_PROTEOME
 from lcplm.data.datamodules.fasta import FastaDataConfig, FastaDataModule
 from lcplm.data.fasta import FastaIndex
 from lcplm.data.prepare import package_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LCPLM_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -46,26 +48,6 @@ def data_sets() -> list[tuple[str, Path]]:
         else:
             print(f"(skipping {name}: {SHARED / rel} not present; set LCPLM_DATA_DIR)")
     return out
-
-
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
-def versions() -> str:
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "absent"
-    return (
-        f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, triton {tv}, numpy {np.__version__}, git {git_rev()}"
-    )
 
 
 def epoch_time(path: Path, pack: bool, max_length: int, max_tokens: int, cache: str) -> tuple[float, int]:
@@ -88,7 +70,7 @@ def main() -> None:
     ap.add_argument("--plan-records", type=int, default=2_000_000, help="synthetic records for the planning timing")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(versions())
+    print(header(extra=f"numpy {np.__version__}"))
     print(f"max_length={args.max_length} tokens (incl. <cls>/<eos>), bucket_size={args.bucket_size}, seed 0, one epoch\n")
     cache = tempfile.mkdtemp(prefix="lcplm-bench-")
     sets = data_sets()

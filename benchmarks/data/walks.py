@@ -12,8 +12,7 @@ assembly against the per-token Python reference, measured side by side in this p
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,9 @@ import numpy as np
 import torch
 
 from lcplm.data.walks import CSRGraph, ProteinTable, assemble_contexts, assemble_contexts_reference, plan_contexts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
 
 
 def random_graph(n: int, m: int, seed: int) -> torch.Tensor:
@@ -57,25 +59,6 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=100_000)
@@ -87,14 +70,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
     torch.set_num_threads(1)
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    print(f"machine: {cpu_name()}, {platform.machine()}, {torch.get_num_threads()} torch thread (measured on a shared machine)")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, triton {triton_version}, git {git_rev()}")
+    print(header() + " (single-threaded by design)")
 
     t0 = time.perf_counter()
     ei = random_graph(a.nodes, a.edges, 0)

@@ -23,9 +23,7 @@ peak memory ratios. Without a GPU it prints "no CUDA GPU: skipped".
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -35,25 +33,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from lcplm.models import backends
 from lcplm.models.bimamba import BiMambaConfig, BiMambaMixer, SequenceLayout
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def header() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        rev = "unknown"
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "not installed"
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (
-        f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, GPU {gpu}\n"
-        f"python {platform.python_version()}, torch {torch.__version__}, triton {tv}, git {rev}"
-    )
 
 
 def lcplm_formulation(mixer: BiMambaMixer, h: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
@@ -202,7 +185,7 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 61000])
     p.add_argument("--repeats", type=int, default=5)
     ns = p.parse_args()
-    print(header())
+    print(header("cuda" if torch.cuda.is_available() else None))
     flops_main(ns.lengths)
     gpu_main(ns.lengths, ns.repeats)
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -46,6 +44,9 @@ from lcplm.models.bimamba import BiMambaConfig
 from lcplm.models.sparse_transformer import SparseTransformerConfig
 from lcplm.tasks.mlm import masked_lm_loss
 from lcplm.train.strategies import apply_activation_checkpointing, block_classes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = 61_000
@@ -304,22 +305,6 @@ def part_search(device: torch.device, max_len: int, repeats: int) -> None:
             torch.cuda.empty_cache()
 
 
-def header(device: torch.device) -> None:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        rev = "?"
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "absent"
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, GPU {gpu}; python {platform.python_version()}, "
-          f"torch {torch.__version__}, triton {tv}; lcplm {rev}; threads {torch.get_num_threads()}")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -334,7 +319,7 @@ def main() -> int:
     if ns.threads:
         torch.set_num_threads(ns.threads)
     parts = ns.part or (["search", "per-layer"] if device.type == "cuda" else ["growth", "per-layer"])
-    header(device)
+    print(header(device))
     for part in parts:
         if part == "growth":
             part_growth(device, [int(x) for x in ns.lengths.split(",")], ns.repeats)

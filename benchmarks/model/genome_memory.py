@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,12 +85,8 @@ def main() -> None:
     gbk = data / "genomes" / "pharokka_meta_phages.gbk"
     if not gbk.is_file():
         raise SystemExit(f"{gbk} not found (set LCPLM_DATA_DIR)")
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    import triton
-
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores; "
-          f"python {platform.python_version()}; torch {torch.__version__}; triton {triton.__version__}; git {rev}; "
-          f"threads {ns.threads}")
+    torch.set_num_threads(ns.threads)  # the children run with it; the header reports it
+    print(header())
     rows = [
         run(61_000, "single_protein", 0, "kernel", gbk, ns.threads),
         run(61_000, "window", 1, "kernel", gbk, ns.threads),

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,34 +37,10 @@ from lcplm.models.ssm import selective_scan_chunked, selective_scan_ref
 from lcplm_kernels import selective_scan_cpu as cpu_scan
 from lcplm_kernels.selective_scan_cpu import selective_scan_cpu
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def header(threads: int) -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        rev = "unknown"
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "not installed"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (
-        f"machine: {platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, load average {load}\n"
-        f"python {platform.python_version()}, torch {torch.__version__}, triton {tv}, git {rev}, "
-        f"torch threads {threads}"
-    )
 
 
 def inputs(batch: int, dim: int, nstate: int, length: int, seed: int = 0) -> list[torch.Tensor]:
@@ -166,7 +140,7 @@ def compare(name: str, shape: tuple[int, int, int, int], repeats: int, ref_fn=se
 
 def scan_main(ns: argparse.Namespace) -> None:
     torch.set_num_threads(ns.threads)
-    print(header(ns.threads))
+    print(header())
     print(f"native scan: {cpu_scan.library_info()}")
     compare("issue 3 shape", (4, 256, 16, ns.length), ns.repeats)
     compare("small state (one sequence, d_model 64 layer)", (1, 128, 16, 8192), ns.repeats)
@@ -194,7 +168,8 @@ def memory_child(length: int, threads: int, backend: str) -> None:
 
 
 def memory_main(ns: argparse.Namespace) -> None:
-    print(header(ns.threads))
+    torch.set_num_threads(ns.threads)  # the children run with it; the header reports it
+    print(header())
     print(f"\nforward + backward, one sequence, BiMamba-S d_model 64, 2 layers (scan backend {ns.backend}), one process per L")
     rows = []
     for length in ns.lengths:

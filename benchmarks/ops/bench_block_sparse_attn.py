@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -50,6 +49,9 @@ from lcplm_kernels.block_sparse_attn import (
     window_allowed,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
+from _env import header  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LCPLM_DATA_DIR", REPO.parent / "shared" / "data"))
 GENOME_TOKENS = 61_440
@@ -57,29 +59,6 @@ DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05, 0.02)
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def header(device: str) -> str:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
-    return (
-        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, GPU: {gpu}\n"
-        f"python {platform.python_version()}, torch {torch.__version__}, triton {triton_version}, "
-        f"git {git_rev()}, torch threads {torch.get_num_threads()}"
-    )
 
 
 def real_genome_pid(n_tokens: int) -> tuple[torch.Tensor, str] | None:
