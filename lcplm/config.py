@@ -180,6 +180,20 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise UserError(f"bad override: {str(e).splitlines()[0]}") from None
 
 
+def split_file_and_overrides(args: list[str], what: str = "EXPERIMENT.yaml") -> tuple[str | None, list[str]]:
+    """``[FILE] key=value ...`` as CLIs take them: the file (None when absent) and the overrides.
+    Anything else (a second file, a file after an override) is a one-line UserError."""
+    path, overrides = None, []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif path is None and not overrides:
+            path = a
+        else:
+            raise UserError(f"unexpected argument {a!r}: give one {what} then key=value overrides")
+    return path, overrides
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = PretrainConfig) -> Any:
     """Read ``path`` (with includes), apply ``overrides`` and validate against ``schema``."""
     cfg = _read_yaml(Path(path)) if path is not None else OmegaConf.create({})

@@ -4,6 +4,21 @@ The CLI turns it into a single line on stderr and a non-zero exit; everything el
 and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
 
 class UserError(Exception):
     """A problem with the user's input: the message names the file, record or key."""
+
+
+def run_module_main(main: Callable[[list[str]], int], prog: str) -> NoReturn:
+    """``python -m`` entry points beside the ``lcplm`` CLI: run ``main(sys.argv[1:])`` and exit
+    with its status; a :class:`UserError` is one line on stderr and status 2, as in the CLI."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -107,3 +107,15 @@ def test_include_cycle_is_an_error(tmp_path: Path):
     _write(tmp_path, "include: [a.yaml]\n", "b.yaml")
     with pytest.raises(UserError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_split_file_and_overrides():
+    from lcplm.config import split_file_and_overrides
+
+    assert split_file_and_overrides(["exp.yaml", "a=1", "b.c=2"]) == ("exp.yaml", ["a=1", "b.c=2"])
+    assert split_file_and_overrides(["a=1"]) == (None, ["a=1"])
+    assert split_file_and_overrides([]) == (None, [])
+    with pytest.raises(UserError, match="unexpected argument 'two.yaml': give one EXPERIMENT.yaml"):
+        split_file_and_overrides(["one.yaml", "two.yaml"])
+    with pytest.raises(UserError, match="unexpected argument 'late.yaml': give one SWEEP.yaml"):
+        split_file_and_overrides(["a=1", "late.yaml"], "SWEEP.yaml")

@@ -37,7 +37,6 @@ import torch
 
 from lcplm.data import tokenizer
 from lcplm.data.fasta import iter_fasta
-from lcplm.data.paths import resolve_data_path, shared_data_dir  # noqa: F401  (re-exported)
 from lcplm.errors import UserError
 
 # The PHROG function categories (Terzian et al. 2021), as pharokka writes them.

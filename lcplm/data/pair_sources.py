@@ -32,7 +32,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from lcplm.data.genomes import Genome, GenomeWindow, resolve_data_path
+from lcplm.data.genomes import Genome, GenomeWindow
+from lcplm.data.paths import resolve_data_path
 from lcplm.errors import UserError
 
 log = logging.getLogger(__name__)

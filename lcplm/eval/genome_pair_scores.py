@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
 
-from lcplm.config import PretrainConfig, load_config
+from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
 from lcplm.data.datamodules.genome import load_genomes
 from lcplm.data.genomes import genome_windows
 from lcplm.data.pair_sources import PAIR_SOURCES, build_pair_source
-from lcplm.errors import UserError
+from lcplm.errors import UserError, run_module_main
 from lcplm.eval.genome_probe import genome_config, load_models
 
 
@@ -70,10 +69,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="pair-score file to write (TSV)")
     p.add_argument("--source", default="dense", help="pair pattern of the scoring pass (default: %(default)s)")
     ns = p.parse_args(argv)
-    experiment, overrides = ns.args[0], ns.args[1:]
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise UserError(f"unexpected argument {bad[0]!r}: give one EXPERIMENT.yaml then key=value overrides")
+    experiment, overrides = split_file_and_overrides(ns.args)
+    if experiment is None:
+        raise UserError("give an experiment file: EXPERIMENT.yaml [key=value ...]")
     cfg = load_config(experiment, overrides, schema=PretrainConfig)
     n = write_pair_scores(cfg, ns.checkpoint, ns.source, Path(ns.out), where=experiment)
     print(f"wrote {n} protein-pair scores to {ns.out}")
@@ -81,8 +79,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"genome_pair_scores: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_module_main(main, "genome_pair_scores")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -28,11 +27,11 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lcplm.config import PretrainConfig, load_config
+from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
 from lcplm.data.datamodules.genome import GenomeDataConfig, load_genomes
 from lcplm.data.genomes import PHROG_CATEGORIES, Genome, GenomeWindow, genome_windows, protein_residue_mask
 from lcplm.data.pair_sources import PAIR_SOURCES, PairSource, build_pair_source
-from lcplm.errors import UserError
+from lcplm.errors import UserError, run_module_main
 
 UNKNOWN = "unknown function"
 
@@ -229,10 +228,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="output directory (default: runs/genome_probe/<experiment name>)")
     p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the logistic regression")
     ns = p.parse_args(argv)
-    experiment, overrides = ns.args[0], ns.args[1:]
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise UserError(f"unexpected argument {bad[0]!r}: give one EXPERIMENT.yaml then key=value overrides")
+    experiment, overrides = split_file_and_overrides(ns.args)
+    if experiment is None:
+        raise UserError("give an experiment file: EXPERIMENT.yaml [key=value ...]")
     cfg = load_config(experiment, overrides, schema=PretrainConfig)
     out = Path(ns.out) if ns.out else Path("runs") / "genome_probe" / Path(experiment).stem
     sources = [s.strip() for s in ns.sources.split(",") if s.strip()]
@@ -243,8 +241,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"genome_probe: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_module_main(main, "genome_probe")

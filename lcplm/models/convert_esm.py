@@ -164,12 +164,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from lcplm.errors import run_module_main
 
-    from lcplm.errors import UserError as _UserError
-
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except _UserError as e:
-        print(f"convert_esm: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_module_main(main, "convert_esm")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lcplm.config import PretrainConfig, load_config, to_dict, to_yaml
+from lcplm.config import PretrainConfig, load_config, split_file_and_overrides, to_dict, to_yaml
 from lcplm.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -210,19 +210,6 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     return results
 
 
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    experiment = None
-    overrides = []
-    for a in args:
-        if "=" not in a and experiment is None and not overrides:
-            experiment = a
-        elif "=" in a:
-            overrides.append(a)
-        else:
-            raise UserError(f"unexpected argument {a!r}: give one EXPERIMENT.yaml then key=value overrides")
-    return experiment, overrides
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="lcplm pretrain",
@@ -231,7 +218,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("args", nargs="*", metavar="[EXPERIMENT.yaml] [key=value ...]")
     p.add_argument("--resume", action="store_true", help="continue the run from its last.ckpt")
     ns = p.parse_args(argv)
-    experiment, overrides = _split_args(ns.args)
+    experiment, overrides = split_file_and_overrides(ns.args)
     if experiment is None:
         experiment = str(DEFAULT_EXPERIMENT)
     cfg = load_config(experiment, overrides, schema=PretrainConfig)

@@ -379,12 +379,11 @@ def main(argv: list[str]) -> int:
     if ns.summary:
         print(format_table(summarize(ns.summary)))
         return 0
-    if not ns.args or "=" in ns.args[0]:
+    from lcplm.config import split_file_and_overrides
+
+    path, overrides = split_file_and_overrides(ns.args, "SWEEP.yaml")
+    if path is None:
         raise UserError("give a sweep file: lcplm sweep experiments/sweeps/<name>.yaml [key=value ...]")
-    path, overrides = ns.args[0], ns.args[1:]
-    for o in overrides:
-        if "=" not in o:
-            raise UserError(f"unexpected argument {o!r}: give one SWEEP.yaml then key=value overrides")
     cfg = load_sweep(path, overrides)
     if ns.launcher:
         cfg.launcher = ns.launcher

@@ -20,7 +20,6 @@ from lcplm.data.genomes import (
     protein_residue_mask,
     read_genbank,
     read_protein_fasta,
-    resolve_data_path,
 )
 from lcplm.data.pair_sources import (
     PairSourceConfig,
@@ -29,6 +28,7 @@ from lcplm.data.pair_sources import (
     neighbourhood_pairs,
     read_edge_list,
 )
+from lcplm.data.paths import resolve_data_path
 from lcplm.errors import UserError
 from conftest import shared_data
 

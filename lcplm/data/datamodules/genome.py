@@ -39,9 +39,9 @@ from lcplm.data.genomes import (
     genome_windows,
     read_genbank,
     read_protein_fasta,
-    resolve_data_path,
 )
 from lcplm.data.pair_sources import PairSource, PairSourceConfig, build_pair_source
+from lcplm.data.paths import resolve_data_path
 from lcplm.errors import UserError
 
 log = logging.getLogger(__name__)
