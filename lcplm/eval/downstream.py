@@ -258,6 +258,17 @@ HOW = {
 }
 
 
+def _ogb_with_sequences(t, kind: str, seq_what: str, reader):
+    """An OGB raw folder (``t.root``) read by ``reader``, and its nodes' sequences from
+    ``t.sequences`` through the dataset's node -> protein-id mapping."""
+    root = _require(t.root, f"{kind} folder", HOW[kind])
+    seq_path = _require(t.sequences, seq_what, HOW[kind])
+    data = reader(root)
+    if data.protein_ids is None:
+        raise UserError(f"{root}: no mapping/nodeidx2proteinid.csv.gz, so nodes cannot be given sequences")
+    return data, bm.sequences_for(data.protein_ids, seq_path)
+
+
 def _standardize(x: torch.Tensor, fit_rows: torch.Tensor) -> torch.Tensor:
     """(x - mean) / std with the statistics of ``x[fit_rows]`` (std floored to avoid 0/0)."""
     ref = x[fit_rows].double()
@@ -367,12 +378,7 @@ def function_task(t: FunctionTask):
         return SequenceTask(t.name, "multilabel", names, [seqs_by_id[n] for n in names], t.heads, split_fn,
                             int(present.sum()), info)
     if t.format == "ogbn_proteins":
-        root = _require(t.root, "ogbn_proteins folder", HOW["ogbn_proteins"])
-        seq_path = _require(t.sequences, "STRING sequences FASTA", HOW["ogbn_proteins"])
-        data = bm.read_ogbn_proteins(root)
-        if data.protein_ids is None:
-            raise UserError(f"{root}: no mapping/nodeidx2proteinid.csv.gz, so nodes cannot be given sequences")
-        seqs = bm.sequences_for(data.protein_ids, seq_path)
+        data, seqs = _ogb_with_sequences(t, "ogbn_proteins", "STRING sequences FASTA", bm.read_ogbn_proteins)
         ei = data.edge_index
         both = torch.cat([ei, ei.flip(0)], 1)
         info = f"{data.num_nodes} proteins, {ei.shape[1]} edges, {data.y.shape[1]} tasks (species split)"
@@ -407,12 +413,7 @@ def ppi_task(t: PPITask) -> PairTask:
         info = f"{len(names)} proteins, {n_info}, split by {t.split_by}"
         return PairTask(t.name, names, [seqs_by_id[n] for n in names], t.heads, split_fn, tuple(t.hits_k), info)
     if t.format == "ogbl_ppa":
-        root = _require(t.root, "ogbl_ppa folder", HOW["ogbl_ppa"])
-        seq_path = _require(t.sequences, "sequence file", HOW["ogbl_ppa"])
-        data = bm.read_ogbl_ppa(root)
-        if data.protein_ids is None:
-            raise UserError(f"{root}: no mapping/nodeidx2proteinid.csv.gz, so nodes cannot be given sequences")
-        seqs = bm.sequences_for(data.protein_ids, seq_path)
+        data, seqs = _ogb_with_sequences(t, "ogbl_ppa", "sequence file", bm.read_ogbl_ppa)
         n = data.num_nodes
 
         def split_fn(seed: int):

@@ -159,10 +159,15 @@ class _ParentWatchdog(threading.Thread):
                 os._exit(1)
 
 
-def _start_parent_watchdog(strategy: Any) -> None:
-    env = strategy.cluster_environment
-    if strategy.local_rank > 0 and env is not None and not env.creates_processes_externally:
-        _ParentWatchdog().start()
+class _WatchParent:
+    """Mixin for the multi-process strategies: after the environment is set up, a local child
+    rank (one Lightning's launcher created) starts a :class:`_ParentWatchdog`."""
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        env = self.cluster_environment
+        if self.local_rank > 0 and env is not None and not env.creates_processes_externally:
+            _ParentWatchdog().start()
 
 
 class PlannedSingleDeviceStrategy(SingleDeviceStrategy):
@@ -176,22 +181,18 @@ class PlannedSingleDeviceStrategy(SingleDeviceStrategy):
         _checkpoint_blocks(_network(task), self.plan)
 
 
-class PlannedDDPStrategy(DDPStrategy):
+class PlannedDDPStrategy(_WatchParent, DDPStrategy):
     """DDP (``popen`` launcher: children re-run the command), bounded timeout, parent watchdog."""
 
     def __init__(self, plan: ParallelPlan, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
 
-    def setup_environment(self) -> None:
-        super().setup_environment()
-        _start_parent_watchdog(self)
-
     def parallelize(self, task: nn.Module) -> None:
         _checkpoint_blocks(_network(task), self.plan)
 
 
-class PlannedFSDPStrategy(FSDPStrategy):
+class PlannedFSDPStrategy(_WatchParent, FSDPStrategy):
     """Lightning's FSDP (FSDP1): wrapping and checkpointing come from its policies.
 
     ``parallelize`` runs before FSDP1 flattens the parameters into 1-D shard views and records
@@ -202,17 +203,13 @@ class PlannedFSDPStrategy(FSDPStrategy):
         super().__init__(**kwargs)
         self.plan = plan
 
-    def setup_environment(self) -> None:
-        super().setup_environment()
-        _start_parent_watchdog(self)
-
     def parallelize(self, task: nn.Module) -> None:
         for p in _network(task).parameters():
             if not hasattr(p, "_orig_ndim"):
                 p._orig_ndim = p.ndim
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+class FSDP2Strategy(_WatchParent, ModelParallelStrategy):
     """FSDP2 (``fully_shard``) over all ranks: one data-parallel mesh dimension, no TP.
 
     Parameters, gradients and optimizer state are sharded across ranks; each block is its
@@ -226,10 +223,6 @@ class FSDP2Strategy(ModelParallelStrategy):
             data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=False, **kwargs
         )
         self.plan = plan
-
-    def setup_environment(self) -> None:
-        super().setup_environment()
-        _start_parent_watchdog(self)
 
     def parallelize(self, task: nn.Module) -> None:
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
