@@ -300,6 +300,8 @@ class _CausalConv(torch.autograd.Function):
 #              memory linear in the allowed token pairs.
 #   dense      torch scaled_dot_product_attention with an explicit (B, 1, L, L) boolean mask:
 #              L x L memory, for short inputs and parity with dense models (ESM-2).
+#   flex       PyTorch FlexAttention with a BlockMask holding exactly the layout's tiles (128 x 128),
+#              compiled on CUDA; on CPU eager and forward-only (PyTorch has no CPU backward).
 #   reference  lcplm_kernels' naive dense fp32 reference with the same mask (tests only).
 #   auto       kernel on CUDA; on CPU, dense while the B*H*L*L fp32 scores of one layer fit in
 #              DENSE_CPU_MAX_SCORES (there PyTorch's SDPA is several times faster than the
@@ -308,8 +310,9 @@ class _CausalConv(torch.autograd.Function):
 # a query with no allowed key (padding) gets zeros.
 # =============================================================================================
 
-SPARSE_ATTENTION_BACKENDS = ("auto", "kernel", "dense", "reference")
+SPARSE_ATTENTION_BACKENDS = ("auto", "kernel", "flex", "dense", "reference")
 DENSE_CPU_MAX_SCORES = 1 << 25  # 128 MB of fp32 scores per layer
+FLEX_BLOCK = 128  # FlexAttention's own tile on CUDA: its sparse blocks must be a multiple of it
 
 
 @dataclass(frozen=True)
@@ -317,13 +320,15 @@ class SparseAttentionLayout:
     """One batch's attention pattern, shared by all layers and heads.
 
     pid: (B, L) long, -1 for padding; allowed: (B, P, P) bool; backend: the resolved backend
-    (never ``auto``); blocks: the kernel's ``BlockLayout`` (backend ``kernel`` only).
+    (never ``auto``); blocks: the ``BlockLayout`` (backends ``kernel`` and ``flex``); flex:
+    (FlexAttention ``BlockMask``, (B, L) rows that have a key) for backend ``flex``.
     """
 
     pid: torch.Tensor
     allowed: torch.Tensor
     backend: str
     blocks: Any = None
+    flex: Any = None
 
 
 def _block_sparse_attn():
@@ -347,6 +352,11 @@ def sparse_attention_layout(
         B, L = pid.shape
         small = B * num_heads * L * L <= DENSE_CPU_MAX_SCORES
         backend = "dense" if pid.device.type == "cpu" and small else "kernel"
+    if backend == "flex":
+        from lcplm_kernels.block_sparse_attn import flex
+
+        blocks = _block_sparse_attn().build_layout(pid, allowed, FLEX_BLOCK, FLEX_BLOCK)
+        return SparseAttentionLayout(pid, allowed, backend, blocks, (flex.flex_block_mask(blocks), flex.has_key(blocks)))
     blocks = _block_sparse_attn().build_layout(pid, allowed) if backend == "kernel" else None
     return SparseAttentionLayout(pid, allowed, backend, blocks)
 
@@ -379,6 +389,10 @@ def sparse_attention(
     backend = layout.backend
     if backend == "kernel":
         return _block_sparse_attn().block_sparse_attn(q, k, v, layout.blocks, scale=scale)
+    if backend == "flex":
+        from lcplm_kernels.block_sparse_attn import flex
+
+        return flex.flex_block_sparse_attn(q, k, v, layout.flex[0], scale, layout.flex[1])
     if backend == "reference":
         return _block_sparse_attn().naive_block_sparse_attn(q, k, v, layout.pid, layout.allowed, scale=scale).to(q.dtype)
     if backend == "dense":

@@ -53,7 +53,7 @@ class SparseTransformerConfig:
     positions: str = "genome"  # rotary positions: genome (offset in the window) | protein
     rotary_base: float = 10000.0
     activation_checkpointing: bool = False  # recompute each layer in backward (memory for time)
-    attention_backend: str = "auto"  # auto | kernel (block-sparse) | dense (SDPA + L x L mask) | reference (tests)
+    attention_backend: str = "auto"  # auto | kernel (block-sparse) | flex (FlexAttention, same tiles) | dense (SDPA + L x L mask) | reference (tests)
     init_std: float = 0.02
 
 
