@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
 export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast bench data clean
+.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast bench gpu-check data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test-fast: install ## run the tests not marked slow
 
 bench: install ## run the CPU benchmarks (ratios printed side by side)
 	$(PY) benchmarks/run_all.py
+
+gpu-check: install ## the whole GPU path in one checked run, <= 8 min on one H100/H200 (ARGS=--dry-run: CPU, CI)
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 clean: ## remove caches and runs (keeps the virtualenv)
 	rm -rf .cache runs .pytest_cache
