@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from lcplm.data.cache import DEFAULT_PROTEOME, PHAGE_PROTEOMES, cache_root, defa
 from lcplm.data.fasta import FastaIndex, iter_fasta
 from lcplm.data.tokenizer import encode_residues
 from lcplm.errors import UserError
+from lcplm.files import atomic_write_with
 
 # (import name, pip name, path inside the package, destination under <cache>/data)
 DEFAULT_SOURCES = [("pyhmmer", "pyhmmer", f"tests/data/seqs/{DEFAULT_PROTEOME}", DEFAULT_PROTEOME)]
@@ -70,10 +70,8 @@ def install_copy(src: Path, dest: Path) -> bool:
     """Copy ``src`` to ``dest`` atomically unless an identical copy is there; True if copied."""
     if dest.is_file() and dest.stat().st_size == src.stat().st_size and _digest(dest) == _digest(src):
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with open(src, "rb") as fin:
+        atomic_write_with(dest, lambda fout: shutil.copyfileobj(fin, fout))
     return True
 
 

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
+from lcplm.files import atomic_write_with
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 
 LCPLM_VOCAB = 128
@@ -394,8 +395,5 @@ def save_checkpoint(model: BiMambaLM, path: str | Path) -> Path:
     config = to_dict(PretrainConfig(model=model.cfg))
     state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, tmp)
-    tmp.replace(path)
+    atomic_write_with(path, lambda f: torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, f))
     return path

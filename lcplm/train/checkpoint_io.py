@@ -1,9 +1,9 @@
 """Checkpoint files that are either the old complete file or the new complete file.
 
-``atomic_torch_save`` streams ``torch.save`` into a temporary file in the same directory,
-flushes and fsyncs it, then ``os.replace``s it over the target and fsyncs the directory. A
-process killed at any point leaves the previous checkpoint intact and loadable (at worst
-a stray ``.tmp`` file, which the next save overwrites). Lightning's own writer serialises the
+``atomic_torch_save`` streams ``torch.save`` through :mod:`lcplm.files` (a uniquely named
+temporary file in the same directory, fsynced, ``os.replace``d over the target, directory
+fsynced). A process killed at any point leaves the previous checkpoint intact and loadable
+(at worst a stray ``.<name>.<pid>.<hex>.tmp`` file). Lightning's own writer serialises the
 whole checkpoint into memory first (twice the host memory of a 790M-parameter state) and
 does not fsync; this one streams.
 
@@ -13,45 +13,17 @@ Loading defaults to ``weights_only=True``: our checkpoints hold tensors and plai
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems do not allow opening a directory; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from lcplm.files import atomic_write_with
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path`` (lcplm.files)."""
+    atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

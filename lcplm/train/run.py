@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from lcplm.config import PretrainConfig, load_config, split_file_and_overrides, to_dict, to_yaml
 from lcplm.errors import UserError
+from lcplm.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EXPERIMENT = REPO_ROOT / "experiments" / "pretrain" / "tiny.yaml"
@@ -28,15 +28,6 @@ DEFAULT_EXPERIMENT = REPO_ROOT / "experiments" / "pretrain" / "tiny.yaml"
 
 def run_dir(cfg: PretrainConfig) -> Path:
     return Path(cfg.run.out_dir) / cfg.run.name
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
@@ -179,7 +170,7 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     task = MLMTask(model, cfg.optim, config=to_dict(cfg))
     trainer = build_trainer(cfg, out, extra_callbacks)
     if trainer.is_global_zero:
-        write_atomic(out / "config.yaml", to_yaml(cfg))
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
     t0 = time.time()
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     train_time = time.time() - t0
@@ -206,7 +197,7 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     }
     if trainer.is_global_zero:
         results.update(unigram_baseline(datamodule))
-        write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 

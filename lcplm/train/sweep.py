@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lcplm.errors import UserError
+from lcplm.files import atomic_write_text
 
 LAUNCHERS = ("local", "slurm")
 RESERVED_KEYS = ("run.out_dir", "run.name", "run.resume", "run.overwrite")
@@ -154,10 +155,7 @@ def plan_points(cfg: SweepConfig, where: str, cli_overrides: list[str] | None = 
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_sweep_dir(sweep_dir: Path, cfg: SweepConfig, planned: list[tuple[Point, Any]]) -> list[Point]:
