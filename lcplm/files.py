@@ -4,7 +4,7 @@ A write goes to a uniquely named temporary file in the target's folder (``.<name
 so two processes never share one), is flushed and fsynced, then ``os.replace``d over the target,
 and the folder is fsynced. A reader therefore sees the old file or the new one, never a mix,
 whatever kills the writer; a failed write removes its temporary file and leaves the target as it
-was. A full disk becomes a :class:`~lcplm.errors.UserError` naming the path (the old file stays).
+was, and the next write of a target removes the temporary files of killed writers. A full disk becomes a :class:`~lcplm.errors.UserError` naming the path (the old file stays).
 
 Bottom layer: imports only the standard library and :mod:`lcplm.errors`, so data, models, tasks,
 train and eval may all use it.
@@ -26,6 +26,28 @@ def temp_path(path: str | os.PathLike) -> Path:
     """A temporary name beside ``path``, unique to this process and call."""
     p = Path(path)
     return p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files of ``path`` left by writers that were killed (their pid is gone)."""
+    p = Path(path)
+    removed = []
+    for tmp in p.parent.glob(f".{p.name}.*.tmp"):
+        parts = tmp.name[len(p.name) + 2 : -len(".tmp")].split(".")
+        if len(parts) == 2 and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -58,6 +80,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
         raise ValueError(f"atomic_open writes only ('wb' or 'w'), got mode {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
     tmp = temp_path(target)
     try:
         with open(tmp, mode) as f:
