@@ -70,7 +70,7 @@ def test_shipped_arm_runs_through_the_cli(tmp_path):
 
     shared_data("genomes", "pharokka_meta_phages.gbk")
     rc = main(["pretrain", str(GENOME / "tiny_single_protein.yaml"), *FAST, "trainer.max_steps=3", f"run.out_dir={tmp_path}"])
-    assert rc in (0, 1)  # 1 = finished but the 3-step model is not below the unigram baseline
+    assert rc == 0
     saved = load_config(tmp_path / "genome_tiny_single_protein" / "config.yaml")
     assert saved.data.pair_source.name == "single_protein" and saved.model.name == "sparse_transformer"
 

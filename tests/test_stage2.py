@@ -182,15 +182,6 @@ def test_bad_settings_are_user_errors(kw, match, tmp_path):
         load_config(p, schema=PretrainConfig)
 
 
-def test_shipped_graph_experiments_load():
-    paths = sorted((REPO / "experiments" / "graph").glob("*.yaml"))
-    assert paths
-    for p in paths:
-        cfg = load_config(p, schema=PretrainConfig)
-        assert cfg.data.name == "ppi_walks"
-        assert isinstance(cfg.data, PPIWalkDataConfig)
-
-
 def test_unknown_data_key_is_rejected(tmp_path):
     p = tmp_path / "x.yaml"
     p.write_text("data:\n  name: ppi_walks\n  walk_len: 3\n")
