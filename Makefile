@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CONSTRAINT ?= constraints-cpu.txt
-EXTRAS ?= dev
+EXTRAS ?= dev,data
 EXPERIMENT ?= experiments/pretrain/tiny.yaml
 GRAPH_EXPERIMENT ?= experiments/graph/yeast_tiny.yaml
 EVAL_CONFIG ?= experiments/downstream/default.yaml
@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
 export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast bench gpu-check data clean
+.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast lint bench gpu-check data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q --upgrade pip
 	@if [ -n "$(TORCH_CONSTRAINT)" ]; then $(PY) -m pip install -q -c $(TORCH_CONSTRAINT) torch; fi
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# CPU dev installs: mamba-ssm's Python package without its CUDA extension, the outside
+	@# reference of tests/models/test_bimamba_vs_mamba_ssm.py (GPU installs get the real one from .[gpu])
+	@if [ -n "$(TORCH_CONSTRAINT)" ] && [[ ",$(EXTRAS)," == *",dev,"* ]]; then MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(PY) -m pip install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1; fi
 	@touch $@
 
 install: $(VENV)/.installed ## create the virtualenv (if missing) and install lcplm with its dependencies
@@ -46,6 +49,9 @@ test: install ## run the test suite (GPU / Slurm tests skip without them)
 
 test-fast: install ## run the tests not marked slow
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff (pyflakes and syntax checks) over the package, kernels, tests and benchmarks
+	$(PY) -m ruff check lcplm kernels tests benchmarks
 
 bench: install ## run the CPU benchmarks (ratios printed side by side)
 	$(PY) benchmarks/run_all.py

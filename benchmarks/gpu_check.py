@@ -389,7 +389,7 @@ def section_genome_step(rec: Recorder, dry: bool, args) -> None:
                     fits_80gb=bool(peak / 1024 < 80 * 0.93), loss_first=loss0, loss_last=float(loss))
         except torch.cuda.OutOfMemoryError as e:
             rec.row(backend=backend, oom=True, error=str(e)[:200])
-        del model, opt
+        model = opt = None  # free the GPU memory before the next backend
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -399,7 +399,6 @@ def section_genome_step(rec: Recorder, dry: bool, args) -> None:
 
 def section_mixer(rec: Recorder, dry: bool, args) -> None:
     import torch
-    import torch.nn.functional as F
 
     sys.path.insert(0, str(HERE / "model"))
     from bimamba_vs_lcplm import lcplm_formulation
@@ -516,7 +515,6 @@ def _bimamba_flops_per_token(cfg) -> float:
 
 
 def _train_section(rec: Recorder, dry: bool, args, out: Path, fsdp2: bool) -> None:
-    import torch
     from lightning.pytorch.callbacks import Callback
 
     from lcplm.config import PretrainConfig, load_config

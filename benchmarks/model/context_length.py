@@ -300,7 +300,7 @@ def part_search(device: torch.device, max_len: int, repeats: int) -> None:
             t = target or {"tok_s": float("nan"), "peak_gb": float("nan")}
             print(f"| {kind} | {name} | {b['L']}{'+' if not bad else ''} | {b['tok_s']:.0f} | {b['peak_gb']:.1f} | "
                   f"{'yes' if target else 'no'} | {t['tok_s']:.0f} | {t['peak_gb']:.1f} |")
-            del model, opt
+            model = opt = None  # free before the next kind
             gc.collect()
             torch.cuda.empty_cache()
 

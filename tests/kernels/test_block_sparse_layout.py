@@ -74,7 +74,7 @@ def test_csr_invariants():
     pid = random_pid(2, 900, 10, gen, pad_last=50)
     layout = build_layout(pid, random_allowed(2, 10, 0.4, gen), 64, 32)
     for prefix, n_rows, n_cols in (("q", layout.num_q_blocks, layout.num_k_blocks), ("k", layout.num_k_blocks, layout.num_q_blocks)):
-        ptrs, idxs = [], []
+        ptrs = []
         for ptr_name, idx_name in ((f"{prefix}_ptr", f"{prefix}_idx"), (f"{prefix}_full_ptr", f"{prefix}_full_idx")):
             ptr, idx = getattr(layout, ptr_name), getattr(layout, idx_name)
             assert ptr.dtype == idx.dtype == torch.int32 and ptr.is_contiguous() and idx.is_contiguous()

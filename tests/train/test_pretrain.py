@@ -63,7 +63,7 @@ def test_short_cpu_run_loss_falls_and_writes_the_run_directory(tmp_path: Path):
     exp = tiny_experiment(tmp_path, write_fasta(tmp_path / "p.fasta"))
     cfg = load_config(exp, [], PretrainConfig)
     rec = _Losses()
-    results = train(cfg, extra_callbacks=[rec])
+    train(cfg, extra_callbacks=[rec])
     first, last = sum(rec.losses[:10]) / 10, sum(rec.losses[-10:]) / 10
     assert len(rec.losses) == 60 and last < first - 0.3, (first, last)
     run = tmp_path / "runs" / "t"

@@ -172,7 +172,7 @@ def _tiles_by_join(
     Returns, query-major then key-major, (sample, row block, column block, allowed segment
     pairs in the tile), each (tiles,), sorted by (sample, row block, column block).
     """
-    B, P1 = allowed_ext.shape[0], allowed_ext.shape[1]
+    P1 = allowed_ext.shape[1]
     dev = allowed_ext.device
     q_group = torch.div(q_row, nq, rounding_mode="floor") * P1 + q_pid
     k_group = torch.div(k_row, nk, rounding_mode="floor") * P1 + k_pid
