@@ -1,5 +1,6 @@
 """Downstream metrics implemented here, once: OGB's rules (Hits@K against shared negatives,
-mean per-task ROC-AUC) and CAFA's protein-centric Fmax. Accuracy, binary AUROC and average
+mean per-task ROC-AUC), CAFA's protein-centric Fmax, and scikit-learn's support-weighted F1 and
+cosine silhouette (the genome taxonomy evaluation). Accuracy, binary AUROC and average
 precision come from torchmetrics.
 
 Everything takes tensors (or anything ``torch.as_tensor`` accepts) and returns a Python float,
@@ -118,3 +119,43 @@ def fmax(y_true, y_score, thresholds: int = 101) -> float:
         if precision + recall > 0:
             best = max(best, float(2 * precision * recall / (precision + recall)))
     return best
+
+
+def weighted_f1(y_true, y_pred) -> float:
+    """F1 per class, averaged with weights = the class's share of ``y_true`` (scikit-learn's
+    ``f1_score(average="weighted")``: classes only predicted weigh 0). y_true, y_pred: (N,) ints."""
+    y, p = torch.as_tensor(y_true).reshape(-1).long(), torch.as_tensor(y_pred).reshape(-1).long()
+    if y.shape != p.shape or y.numel() == 0:
+        raise ValueError(f"weighted_f1: need two equal, non-empty label vectors, got {tuple(y.shape)} and {tuple(p.shape)}")
+    total = 0.0
+    for c in torch.unique(y).tolist():
+        tp = int(((p == c) & (y == c)).sum())
+        fp = int(((p == c) & (y != c)).sum())
+        fn = int(((p != c) & (y == c)).sum())
+        total += (tp + fn) / y.numel() * (2 * tp / (2 * tp + fp + fn))
+    return total
+
+
+def cosine_silhouette(x, labels) -> float:
+    """Mean silhouette with cosine distance ``1 - cos(u, v)`` (scikit-learn's
+    ``silhouette_score(metric="cosine")``): a sample alone in its cluster scores 0. x: (N, d);
+    labels: (N,), with 2 <= number of clusters <= N - 1 (a ValueError otherwise)."""
+    x = _as_f64(x)
+    lab = torch.as_tensor(labels).reshape(-1)
+    _, lab = torch.unique(lab, return_inverse=True)
+    n, k = x.shape[0], int(lab.max()) + 1 if lab.numel() else 0
+    if lab.numel() != n or not 2 <= k <= n - 1:
+        raise ValueError(f"cosine_silhouette: needs 2 <= clusters <= samples - 1, got {k} clusters of {n} samples")
+    unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    d = (1 - unit @ unit.T).clamp(0, 2)
+    d.fill_diagonal_(0)
+    onehot = torch.nn.functional.one_hot(lab, k).double()  # (N, k)
+    sums = d @ onehot  # (N, k): summed distance from each sample to each cluster
+    size = onehot.sum(0)  # (k,)
+    own = size[lab]
+    a = sums.gather(1, lab[:, None]).squeeze(1) / (own - 1).clamp_min(1)
+    mean_other = sums / size
+    mean_other.scatter_(1, lab[:, None], float("inf"))
+    b = mean_other.min(1).values
+    s = torch.where(own > 1, (b - a) / torch.maximum(a, b).clamp_min(1e-300), torch.zeros_like(a))
+    return float(s.mean())
