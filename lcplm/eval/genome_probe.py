@@ -1,7 +1,8 @@
 """Genome-context evaluation: a linear probe of PHROG function categories.
 
-``python -m lcplm.eval.genome_probe EXPERIMENT.yaml [--checkpoint [LABEL=]CKPT ...]
-[--sources single_protein,dense,window,ppi,scored] [--out DIR] [key=value ...]``
+``lcplm genome probe EXPERIMENT.yaml [--checkpoint [LABEL=]CKPT ...]
+[--sources single_protein,dense,window,ppi,scored] [--out DIR] [key=value ...]`` (also
+``python -m lcplm.eval.genome_probe``)
 
 EXPERIMENT is a genome pretraining config (its ``data`` section names the genomes, the window
 size and the pair-source parameters; ``--sources`` swaps only ``data.pair_source.name``). For
@@ -32,6 +33,7 @@ from lcplm.data.datamodules.genome import GenomeDataConfig, load_genomes
 from lcplm.data.genomes import PHROG_CATEGORIES, Genome, GenomeWindow, genome_windows, protein_residue_mask
 from lcplm.data.pair_sources import PAIR_SOURCES, PairSource, build_pair_source
 from lcplm.errors import UserError, run_module_main
+from lcplm.files import atomic_write_text
 
 UNKNOWN = "unknown function"
 
@@ -204,7 +206,6 @@ def run_probe(
             emb = protein_embeddings(model, genomes, source, data.max_tokens, device)
             res = leave_one_genome_out(emb, labelled, n_classes, l2)
             rows.append({"model": label, "source": source_name, **res, "seconds": round(time.time() - t0, 1)})
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "config": where,
         "categories": [c for c in PHROG_CATEGORIES if c != UNKNOWN],
@@ -213,13 +214,13 @@ def run_probe(
         "l2": l2,
         "protocol": "leave-one-genome-out over labelled genomes; predictions pooled over folds",
     }
-    (out_dir / "genome_probe.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (out_dir / "genome_probe.md").write_text(markdown_table(rows))
+    atomic_write_text(out_dir / "genome_probe.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(out_dir / "genome_probe.md", markdown_table(rows))
     return rows
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m lcplm.eval.genome_probe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="lcplm genome probe", description=__doc__.split("\n\n")[0])
     p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[LABEL=]CKPT",
                    help="model to probe (repeatable); default: the config's model at random init")
@@ -241,4 +242,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    run_module_main(main, "genome_probe")
+    run_module_main(main, "lcplm genome probe")

@@ -146,7 +146,6 @@ def test_vcontact_taxonomy_matches_names_with_tildes_and_skips_absent_genomes(tm
 
 
 def test_vcontact_bad_inputs(tmp_path):
-    ref = _write(tmp_path, "ref.csv", REFERENCE)
     g2g = _write(tmp_path, "g2g.csv", G2G)
     with pytest.raises(UserError, match=r"p.faa: record 'p7' is not in the gene-to-genome CSV"):
         vcontact_genomes(_write(tmp_path, "p.faa", PROTEINS + ">p7\nMA\n"), g2g)
