@@ -1,4 +1,4 @@
-"""Command line: ``lcplm pretrain | eval-downstream | embed | data | sweep`` (or ``python -m lcplm``).
+"""Command line: ``lcplm pretrain | eval-downstream | score-variants | embed | data | sweep | convert`` (or ``python -m lcplm``).
 
 Each command lives in its own module and exposes ``main(argv) -> int``. A
 :class:`~lcplm.errors.UserError` becomes one line on stderr and exit status 2.
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, statistics)"),
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
+    "score-variants": ("lcplm.eval.variants:main", "zero-shot variant effects on ProteinGym DMS tables (ESM-1v scores)"),
 }
 
 
