@@ -284,19 +284,35 @@ def site_jobs(source: int, inp: ModelInput, residue_indices: Sequence[int], mask
     return [Job(source, s, e, -1, tuple(read)) for (s, e), read in groups.items()]
 
 
+def dense_row_cap(model: nn.Module, length: int, device: torch.device) -> Optional[int]:
+    """Rows per batch that keep a genome transformer with ``attention_backend: auto`` on CPU
+    below the size where ``lcplm.models.backends`` leaves SDPA for the block-sparse path
+    (B x heads x L x L fp32 scores over ``DENSE_CPU_MAX_SCORES``): that switch depends on the
+    batch size, and a scoring batch of short rows would cross it and run several times slower
+    (measured in benchmarks/model/variants_speed.py). None: no cap."""
+    cfg = getattr(model, "cfg", None)
+    if device.type != "cpu" or getattr(cfg, "name", None) != "sparse_transformer" or cfg.attention_backend != "auto":
+        return None
+    from lcplm.models.backends import DENSE_CPU_MAX_SCORES
+
+    return max(1, DENSE_CPU_MAX_SCORES // (cfg.heads * length * length))
+
+
 def run_jobs(model: nn.Module, inputs: Sequence[ModelInput], jobs: Sequence[Job], max_tokens: int,
              device: torch.device, half: bool = False, progress: bool = False) -> list[torch.Tensor]:
-    """Run the jobs in batches of at most ``max_tokens`` tokens (B x L; a longer row goes alone);
-    returns per job its ``(len(read), 33)`` float32 log-probabilities, in job order."""
+    """Run the jobs in batches of at most ``max_tokens`` tokens (B x L; a longer row goes alone,
+    and :func:`dense_row_cap` may cap B); returns per job its ``(len(read), 33)`` float32
+    log-probabilities, in job order."""
     out: list[Optional[torch.Tensor]] = [None] * len(jobs)
     order = sorted(range(len(jobs)), key=lambda j: jobs[j].end - jobs[j].start, reverse=True)
-    batches, cur, width = [], [], 0
+    batches, cur, width, cap = [], [], 0, None
     for j in order:  # longest first: a batch's first row sets its padded width
-        if cur and width * (len(cur) + 1) > max_tokens:
+        if cur and (width * (len(cur) + 1) > max_tokens or (cap is not None and len(cur) >= cap)):
             batches.append(cur)
             cur = []
         if not cur:
             width = jobs[j].end - jobs[j].start
+            cap = dense_row_cap(model, width, device)
         cur.append(j)
     if cur:
         batches.append(cur)
