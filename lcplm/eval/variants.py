@@ -71,6 +71,7 @@ TRANSFORMER_WINDOW = 1024  # tokens: ESM-2's training crop (1,022 residues + <cl
 TRANSFORMER_KINDS = ("sparse_transformer", "esm2")
 STATIC_PAIR_SOURCES = ("dense", "single_protein", "window", "global")
 METRIC_ORDER = ("spearman", "auc", "mcc", "ndcg", "top10_recall")
+PLL_CHUNK = 64  # pseudo-ll: sequences whose masked rows are built and run together
 
 
 # ------------------------------------------------------------------------------------ models
@@ -401,29 +402,33 @@ def score_substitutions(model: nn.Module | ScoringModel, wild_type: str,
                 for s in subs:
                     v = lp[row[s.index]]
                     scores[n] += v[tok.TOKEN_TO_ID[s.mt]] - v[tok.TOKEN_TO_ID[s.wt]]
+            rows, tokens = len(jobs), sum(j.end - j.start for j in jobs)
         else:
             keys = [tuple(sorted((s.index, s.mt) for s in subs if s.mt != s.wt)) for subs in substitutions]
             distinct = list(dict.fromkeys([()] + keys))
-            inputs, seqs = [], []
-            for key in distinct:
-                res = wt_res.copy()
-                for i, mt in key:
-                    res[i] = tok.TOKEN_TO_ID[mt]
-                inputs.append(ctx.build(res))
-                seqs.append(res)
-            all_sites = range(len(wt_res))
-            jobs = [j for k, inp in enumerate(inputs) for j in site_jobs(k, inp, all_sites, True, w)]
-            lps = run_jobs(sm.model, inputs, jobs, max_tokens, dev, half, progress)
             pll = np.zeros(len(distinct), np.float64)
-            per_seq = len(wt_res)
-            for k in range(len(distinct)):
-                block = torch.cat(lps[k * per_seq : (k + 1) * per_seq]).double().numpy()  # (L, 33)
-                pll[k] = float(block[np.arange(per_seq), seqs[k]].sum())
+            positions = np.arange(len(wt_res))
+            rows = tokens = 0
+            for c0 in range(0, len(distinct), PLL_CHUNK):  # a chunk of sequences at a time bounds memory
+                inputs, seqs = [], []
+                for key in distinct[c0 : c0 + PLL_CHUNK]:
+                    res = wt_res.copy()
+                    for i, mt in key:
+                        res[i] = tok.TOKEN_TO_ID[mt]
+                    inputs.append(ctx.build(res))
+                    seqs.append(res)
+                jobs = [j for k, inp in enumerate(inputs) for j in site_jobs(k, inp, positions, True, w)]
+                lps = run_jobs(sm.model, inputs, jobs, max_tokens, dev, half, progress)
+                for k, res in enumerate(seqs):
+                    block = torch.cat(lps[k * len(positions) : (k + 1) * len(positions)]).double().numpy()  # (L, 33)
+                    pll[c0 + k] = float(block[positions, res].sum())
+                rows += len(jobs)
+                tokens += sum(j.end - j.start for j in jobs)
             index = {key: k for k, key in enumerate(distinct)}
             scores = np.asarray([pll[index[key]] - pll[0] for key in keys], np.float64)
     finally:
         sm.model.train(was_training)
-    return ScoreResult(scores, len(jobs), int(sum(j.end - j.start for j in jobs)), time.time() - t0)
+    return ScoreResult(scores, rows, int(tokens), time.time() - t0)
 
 
 # ------------------------------------------------------------------------------------ assays

@@ -136,8 +136,11 @@ def test_optimal_window_cases():
     assert V.optimal_window(50, 100, 21) == (40, 60)  # ProteinGym's odd window is 2 * (w // 2) wide in the middle
 
 
-def test_pseudo_ll_equals_direct_sum_over_positions():
+@pytest.mark.parametrize("chunk", [64, 2])
+def test_pseudo_ll_equals_direct_sum_over_positions(chunk, monkeypatch):
     from lcplm.models.convert_esm import from_hf_esm
+
+    monkeypatch.setattr(V, "PLL_CHUNK", chunk)  # 2: the four sequences run in two chunks
 
     hf = _random_hf_esm()
     ours = from_hf_esm(hf, attention_backend="dense")
