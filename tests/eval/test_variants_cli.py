@@ -209,3 +209,31 @@ def test_bad_options_and_files_are_one_line(tmp_path, checkpoint, capsys):
     empty_dir = tmp_path / "none"
     empty_dir.mkdir()
     assert "no .csv DMS tables" in cli_error([*base, "--dms", str(empty_dir)], capsys)
+
+
+def test_genome_context_and_pseudo_ll_through_the_cli(tmp_path, capsys):
+    from lcplm.models.convert_esm import save_lcplm_checkpoint
+    from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
+
+    torch.manual_seed(0)
+    model = SparseGenomeLM(SparseTransformerConfig(hidden=32, heads=4, ffn=64, attention_backend="dense", init_std=0.3))
+    ckpt = tmp_path / "genome.ckpt"
+    save_lcplm_checkpoint(model, ckpt)
+    genome = tmp_path / "phage.faa"  # one genome (the whole file), proteins in file order
+    genome.write_text(f">p0\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n>target\n{WT}\n>p2\nMADEEKLPPGWEKRMSRSSGRVYYFNHITNASQWERPSG\n")
+    table = write_table(tmp_path / "A.csv", rows=ROWS[:4])
+    common = ["--checkpoint", str(ckpt), "--dms", str(table), "--device", "cpu"]
+    run_ok([*common, "--out", str(tmp_path / "alone")], capsys)
+    run_ok([*common, "--out", str(tmp_path / "genome"), "--genome", str(genome), "--protein", "target"], capsys)
+    alone = json.loads((tmp_path / "alone" / "A.json").read_text())
+    inside = json.loads((tmp_path / "genome" / "A.json").read_text())
+    assert alone["context"] == "single protein" and alone["window"] == 1024
+    assert inside["context"].startswith("inside genome phage (window of 3 proteins") and inside["window"] == 1024
+    assert inside["options"]["pair_source"] == "dense"
+    s_alone = (tmp_path / "alone" / "A.scores.csv").read_text()
+    assert s_alone != (tmp_path / "genome" / "A.scores.csv").read_text()  # the genome is seen
+    run_ok([*common, "--out", str(tmp_path / "pll"), "--method", "pseudo-ll", "--genome", str(genome), "--protein", "target"], capsys)
+    pll = json.loads((tmp_path / "pll" / "A.json").read_text())
+    assert pll["method"] == "pseudo-ll" and pll["forward_rows"] == 5 * len(WT)  # wild type + 4 mutants, every residue
+    err = cli_error([*common, "--out", str(tmp_path / "x"), "--genome", str(genome), "--protein", "p0"], capsys)
+    assert "protein 'p0' (27 residues) is not the assay's wild type" in err
