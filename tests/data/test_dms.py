@@ -7,7 +7,7 @@ import pytest
 
 from lcplm.data.dms import Substitution, find_assays, read_dms, read_wild_type_fasta
 from lcplm.errors import UserError
-from tests.conftest import shared_data
+from conftest import shared_data
 
 WT = "MKTAYIAKQR"
 

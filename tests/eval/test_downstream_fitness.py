@@ -3,7 +3,6 @@ metrics) for every checkpoint and the random-init baseline, nothing for featuris
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from lcplm.__main__ import main as lcplm_main
 from lcplm.config import load_config
 from lcplm.eval.downstream import DownstreamConfig, evaluate
-from tests.conftest import shared_data
+from conftest import shared_data
 
 REPO = Path(__file__).resolve().parents[2]
 ONLY_FITNESS = ["homology=[]", "function=[]", "ppi=[]"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lcplm.__main__ import main as cli
-from tests.conftest import shared_data
+from conftest import shared_data
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKW"
 ROWS = [("K2R", 0.5, 1), ("T3S", 0.1, 0), ("Y5F", -1.0, 0), ("Q9E", 0.9, 1), ("S13T", 0.2, 1),
@@ -176,13 +176,13 @@ def test_wrong_wild_type_letter_in_the_first_row_is_blamed_on_that_row(tmp_path,
     ("", "empty file"),
     ("mutant,mutated_sequence,DMS_score\n", "no variants"),
     (f"mutant,mutated_sequence\nK2R,{mutate('K2R')}\n", "no 'DMS_score' column (columns: mutant, mutated_sequence)"),
-    (f"variant,DMS_score\nK2R,0.1\n", "no 'mutant' column"),
+    ("variant,DMS_score\nK2R,0.1\n", "no 'mutant' column"),
     (f"mutant,mutated_sequence,DMS_score\nK2R,{mutate('K2R')},0.1,7\n", "line 2 has 4 fields, the header has 3"),
     (f"mutant,mutated_sequence,DMS_score\nK2R,{mutate('K2R')},high\n", "line 2 (mutant 'K2R'): DMS_score 'high' is not a number"),
     (f"mutant,mutated_sequence,DMS_score\nK2R,{mutate('K2R')},\n", "DMS_score '' is not a number"),
     (f"mutant,mutated_sequence,DMS_score\nK2R,{mutate('K2R')},0.1\nY5F,{mutate('Y5F')},0.2\nT3S,{mutate('K2R')},0.2\n",
      "line 4 (mutant 'T3S'): mutated_sequence is not the wild type with T3S applied (first difference at residue 2: R vs K)"),
-    (f"mutant,DMS_score\nK2R,0.1\n", "no 'mutated_sequence' column to recover the wild type from"),
+    ("mutant,DMS_score\nK2R,0.1\n", "no 'mutated_sequence' column to recover the wild type from"),
     (f'mutant,mutated_sequence,DMS_score\n"K2R,{mutate("K2R")},0.1\n', "line 2 has 1 fields, the header has 3"),  # an unclosed quote swallows the row
 ])
 def test_bad_tables_are_one_line(tmp_path, checkpoint, capsys, content, match):
