@@ -21,6 +21,7 @@ SCRIPTS = [
     HERE / "model" / "bimamba_vs_lcplm.py",
     HERE / "model" / "context_length.py",
     HERE / "model" / "genome_memory.py",
+    HERE / "model" / "variants_speed.py",
     HERE / "ops" / "bench_block_sparse_attn.py",
 ]
 

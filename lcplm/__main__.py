@@ -1,4 +1,4 @@
-"""Command line: ``lcplm pretrain | eval-downstream | embed | data | sweep | convert | genome`` (or ``python -m lcplm``).
+"""Command line: ``lcplm pretrain | eval-downstream | embed | data | sweep | convert | genome | score-variants`` (or ``python -m lcplm``).
 
 Each command lives in its own module and exposes ``main(argv) -> int``. A
 :class:`~lcplm.errors.UserError` becomes one line on stderr and exit status 2.
@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
     "genome": ("lcplm.eval.genome_cli:main", "genome model evaluations: pair-scores, probe, taxonomy, ppi-detection"),
+    "score-variants": ("lcplm.eval.variants:main", "zero-shot variant effects on ProteinGym DMS tables (ESM-1v scores)"),
 }
 
 

@@ -15,6 +15,11 @@ baselines) and three lists of tasks:
   negatives); split by pair or by protein; pair decoder on embeddings, optionally over a
   GraphSAGE of the training graph; ROC-AUC, AP, Hits@K.
 
+and ``fitness``: zero-shot variant effects on ProteinGym DMS tables with the masked LM alone
+(:mod:`lcplm.eval.variants`: ESM-1v scores, ProteinGym's Spearman, AUC, MCC, NDCG, top-10%
+recall); no heads and no seeds (one row per metric, under the first seed), and nothing for
+featurisers (the composition baseline has no LM).
+
 A task whose files are absent is skipped with one line naming the file and how to get it.
 For every model, a task's sequences are embedded once (cached on disk, see
 :func:`lcplm.embed.cached_mean_embeddings`); then for every seed the split (where it is
@@ -37,6 +42,7 @@ import torch
 from torch import nn
 
 from lcplm.data import benchmarks as bm
+from lcplm.data.dms import DMSAssay
 from lcplm.data.paths import resolve_data_path
 from lcplm.data.ppi_graph import read_sequence_table
 from lcplm.errors import UserError
@@ -128,6 +134,17 @@ class PPITask:
 
 
 @dataclass
+class FitnessTask:
+    name: str = "blat_ecolx"  # the task's name in the results
+    enabled: bool = True
+    dms: str = "shared:fitness/BLAT_ECOLX_Stiffler_2015.csv"  # ProteinGym DMS table (mutant, DMS_score, ...)
+    wild_type: Optional[str] = "shared:fitness/BLAT_ECOLX.fasta"  # one-record FASTA; null: from mutated_sequence
+    offset: int = 1  # the table's number for the wild type's first residue
+    method: str = "masked-marginal"  # masked-marginal | wt-marginal | pseudo-ll
+    window: str = "auto"  # tokens around each site: auto (1024 for transformers, whole for BiMamba-S) | none | N
+
+
+@dataclass
 class DownstreamConfig:
     """``lcplm eval-downstream``: models x tasks x seeds x heads."""
 
@@ -143,6 +160,7 @@ class DownstreamConfig:
     homology: list[HomologyTask] = field(default_factory=list)
     function: list[FunctionTask] = field(default_factory=list)
     ppi: list[PPITask] = field(default_factory=list)
+    fitness: list[FitnessTask] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------- models
@@ -315,6 +333,40 @@ class NodeTask:
     y: torch.Tensor  # (N, T)
     split: dict[str, torch.Tensor]
     info: str = ""
+
+
+@dataclass
+class ZeroShotTask:
+    """A DMS assay scored by each model's masked LM (no training)."""
+
+    name: str
+    assay: DMSAssay
+    method: str
+    window: str
+    info: str = ""
+
+
+def fitness_task(t: FitnessTask) -> ZeroShotTask:
+    from lcplm.data.dms import read_dms, read_wild_type_fasta
+
+    how = ("it is the shared data set fitness/ (set LCPLM_DATA_DIR to ../shared/data), or any ProteinGym "
+           "DMS table (proteingym.org, 'DMS_ProteinGym_substitutions')")
+    dms = _require(t.dms, "DMS table", how)
+    wt = read_wild_type_fasta(_require(t.wild_type, "wild-type FASTA", how)) if t.wild_type else None
+    assay = read_dms(dms, wt, t.offset)
+    info = (f"{assay.name}: {len(assay)} variants at {len(assay.sites)} sites of a {len(assay.wild_type)}-residue "
+            f"wild type, zero-shot {t.method}")
+    return ZeroShotTask(t.name, assay, t.method, t.window, info)
+
+
+def run_zero_shot_task(task: ZeroShotTask, source: ModelSource, cfg: DownstreamConfig) -> list[dict[str, Any]]:
+    from lcplm.eval.variants import score_assay
+
+    e = cfg.embed
+    res = score_assay(source.factory(), task.assay, task.method, window=task.window, max_tokens=e.max_tokens,
+                      device=e.device, half=e.half, progress=e.progress)
+    return [{"model": source.label, "task": task.name, "split": "all", "head": task.method, "metric": m,
+             "seed": cfg.seeds[0], "value": v} for m, v in res.metrics.items()]
 
 
 def homology_task(t: HomologyTask) -> SequenceTask:
@@ -622,10 +674,16 @@ def _check_heads(section: str, t, cfg: DownstreamConfig) -> None:
 def load_tasks(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> tuple[list, list[str]]:
     """The enabled tasks whose data is present, and one line per skipped task."""
     tasks, skipped = [], []
+    from lcplm.eval.variants import METHODS
+
     builders = [(t, homology_task, "homology") for t in cfg.homology] + \
-               [(t, function_task, "function") for t in cfg.function] + [(t, ppi_task, "ppi") for t in cfg.ppi]
+               [(t, function_task, "function") for t in cfg.function] + [(t, ppi_task, "ppi") for t in cfg.ppi] + \
+               [(t, fitness_task, "fitness") for t in cfg.fitness]
     for t, _, section in builders:
-        if t.enabled:
+        if t.enabled and section == "fitness":
+            if t.method not in METHODS:
+                raise UserError(f"fitness task {t.name!r}: unknown method {t.method!r} (choose from {list(METHODS)})")
+        elif t.enabled:
             _check_heads(section, t, cfg)
     for t, build, _ in builders:
         if not t.enabled:
@@ -657,10 +715,18 @@ def evaluate(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> dict[
     timings: dict[str, float] = {}
     for source in sources:
         log(f"model {source.label}: {source.description}")
-        if source.factory is None and any("finetune" in t.heads for t in tasks):
+        if source.factory is None and any("finetune" in getattr(t, "heads", ()) for t in tasks):
             log(f"  {source.label} has no encoder to fine-tune: its 'finetune' heads are skipped")
         for task in tasks:
             t0 = time.time()
+            if isinstance(task, ZeroShotTask):
+                if source.factory is None:
+                    log(f"  {task.name}: {source.label} has no masked LM to score variants with: skipped")
+                    continue
+                rows += run_zero_shot_task(task, source, cfg)
+                timings[f"{source.label}/{task.name}"] = round(time.time() - t0, 1)
+                log(f"  {task.name}: {len(task.assay)} variants scored in {time.time() - t0:.1f} s")
+                continue
             x = features_for(source, task.names, task.sequences, cfg, log)
             t_embed = time.time() - t0
             run = {SequenceTask: run_sequence_task, PairTask: run_pair_task, NodeTask: run_node_task}[type(task)]

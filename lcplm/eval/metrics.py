@@ -1,7 +1,8 @@
 """Downstream metrics implemented here, once: OGB's rules (Hits@K against shared negatives,
-mean per-task ROC-AUC), CAFA's protein-centric Fmax, and scikit-learn's support-weighted F1 and
-cosine silhouette (the genome taxonomy evaluation). Accuracy, binary AUROC and average
-precision come from torchmetrics.
+mean per-task ROC-AUC), CAFA's protein-centric Fmax, ProteinGym's zero-shot fitness metrics
+(Spearman, AUC, MCC, NDCG, top-10% recall: :func:`proteingym_metrics`), and scikit-learn's
+support-weighted F1 and cosine silhouette (the genome taxonomy evaluation). Accuracy, binary
+AUROC and average precision come from torchmetrics.
 
 Everything takes tensors (or anything ``torch.as_tensor`` accepts) and returns a Python float,
 computed in float64 on CPU so results do not depend on the device or dtype of the scores.
@@ -10,6 +11,9 @@ computed in float64 on CPU so results do not depend on the device or dtype of th
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 
@@ -159,3 +163,114 @@ def cosine_silhouette(x, labels) -> float:
     b = mean_other.min(1).values
     s = torch.where(own > 1, (b - a) / torch.maximum(a, b).clamp_min(1e-300), torch.zeros_like(a))
     return float(s.mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# ProteinGym's zero-shot fitness metrics (proteingym/performance_DMS_benchmarks.py): same inputs,
+# same numbers. tests/eval/test_variant_metrics.py checks them against scipy and scikit-learn.
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def average_ranks(x) -> np.ndarray:
+    """1-based ranks, tied values sharing their mean rank (``scipy.stats.rankdata``'s default)."""
+    x = _as_np(x)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]  # exclusive
+    group_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rho: Pearson correlation of average ranks (``scipy.stats.spearmanr``).
+    NaN when either side is constant, as scipy returns."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    if ra.shape != rb.shape:
+        raise ValueError(f"spearman: {ra.size} and {rb.size} values")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else math.nan
+
+
+def proteingym_ndcg(y_true, y_score, top_percent: float = 10.0) -> float:
+    """ProteinGym's ``calc_ndcg``: NDCG@k with k = floor(N * top_percent / 100).
+
+    Gains are the measurements min-max scaled to [0, 1] (``(y - min) / (max - min)``; the
+    continuous DMS_score, not the bins). The model ranks mutants by descending score; ties get
+    the order numpy's default ``argsort`` gives them, as in ProteinGym. DCG sums gain /
+    log2(rank + 1) over the k top-ranked mutants; the ideal DCG does the same for the k largest
+    gains. k = 0 (fewer than 10 mutants at 10%) gives 0, as ProteinGym; constant
+    measurements give NaN (their min-max gains are 0/0).
+    """
+    y, s = _as_np(y_true), _as_np(y_score)
+    if y.shape != s.shape:
+        raise ValueError(f"proteingym_ndcg: {y.size} measurements, {s.size} scores")
+    k = int(np.floor(y.shape[0] * (top_percent / 100)))
+    span = y.max() - y.min()
+    if span == 0:
+        return math.nan
+    gains = (y - y.min()) / span
+    ranks = np.argsort(np.argsort(-s)) + 1
+    keep = (ranks <= k) & (gains != 0)
+    if not keep.any():
+        return 0.0
+    dcg = float(np.sum(gains[keep] / np.log2(ranks[keep] + 1)))
+    ideal_ranks = np.argsort(np.argsort(-gains)) + 1
+    ideal_keep = (ideal_ranks <= k) & (gains != 0)
+    idcg = float(np.sum(gains[ideal_keep] / np.log2(ideal_ranks[ideal_keep] + 1)))
+    return dcg / idcg
+
+
+def top_recall(y_true, y_score, top_percent: float = 10.0) -> float:
+    """ProteinGym's ``calc_toprecall``: the share of the truly top mutants that the model also
+    puts on top. "Top" is strictly above the (100 - top_percent)th percentile (numpy's default
+    linear interpolation), for measurements and scores alike; 0 when no measurement is above it.
+    """
+    y, s = _as_np(y_true), _as_np(y_score)
+    if y.shape != s.shape:
+        raise ValueError(f"top_recall: {y.size} measurements, {s.size} scores")
+    top_true = y > np.percentile(y, 100 - top_percent)
+    top_model = s > np.percentile(s, 100 - top_percent)
+    n_true = int(top_true.sum())
+    return float((top_true & top_model).sum() / n_true) if n_true > 0 else 0.0
+
+
+def mcc_at_median(y_bin, y_score) -> float:
+    """ProteinGym's MCC: scores binarised at their median (``score >= median`` is 1) against the
+    0/1 ``DMS_score_bin``; Matthews' correlation, 0 when a confusion-matrix margin is empty
+    (``sklearn.metrics.matthews_corrcoef``'s convention)."""
+    y, s = _as_np(y_bin), _as_np(y_score)
+    if y.shape != s.shape:
+        raise ValueError(f"mcc_at_median: {y.size} labels, {s.size} scores")
+    pred = s >= np.median(s)
+    true = y == 1
+    tp = float((pred & true).sum())
+    tn = float((~pred & ~true).sum())
+    fp = float((pred & ~true).sum())
+    fn = float((~pred & true).sum())
+    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denom if denom > 0 else 0.0
+
+
+def proteingym_metrics(dms_score, model_score, dms_score_bin=None) -> dict[str, float]:
+    """ProteinGym's five metrics for one assay: ``spearman`` (scores vs DMS_score), ``ndcg``
+    (top 10%), ``top10_recall``, and, with the bins, ``auc`` (ROC-AUC of the scores against
+    DMS_score_bin; NaN with one class, where ProteinGym records NaN) and ``mcc``."""
+    out = {
+        "spearman": spearman(model_score, dms_score),
+        "ndcg": proteingym_ndcg(dms_score, model_score),
+        "top10_recall": top_recall(dms_score, model_score),
+    }
+    if dms_score_bin is not None:
+        out["auc"] = roc_auc(_as_np(dms_score_bin), _as_np(model_score))
+        out["mcc"] = mcc_at_median(dms_score_bin, model_score)
+    return out
