@@ -245,3 +245,32 @@ def test_pretrain_resume_checkpoint_and_embed(tmp_path, pack, monkeypatch):
     emb = embed_sequences(model, PROTEINS, max_tokens=256)
     assert emb.mean.shape == (len(PROTEINS), 48) and torch.isfinite(emb.mean).all()
     assert isinstance(random_encoder(cfg, seed=0), ESM2LM)  # eval-downstream's "no pretraining" baseline
+
+
+def test_convert_commands_both_ways(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from lcplm.__main__ import main
+    from lcplm.models.convert_esm import save_lcplm_checkpoint
+    from lcplm.train.checkpoint import load_model
+
+    model = _tiny(attention_backend="dense")
+    save_lcplm_checkpoint(model, tmp_path / "ours.ckpt")
+    assert main(["convert", "ours-to-esm", str(tmp_path / "ours.ckpt"), str(tmp_path / "hf")]) == 0
+    hf = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    assert main(["convert", "esm-to-esm2", str(tmp_path / "hf"), str(tmp_path / "back.ckpt"), "--attention-backend", "dense"]) == 0
+    back, cfg = load_model(tmp_path / "back.ckpt")
+    assert isinstance(back, ESM2LM) and cfg.name == "esm2"
+    seqs = _masked(PROTEINS)
+    with torch.no_grad():
+        for s in seqs:
+            want = model(s[None])
+            torch.testing.assert_close(hf(s[None]).logits, want, rtol=0, atol=ATOL)
+            torch.testing.assert_close(back(s[None]), want, rtol=0, atol=0)
+    assert "esm2, 2 layers" in capsys.readouterr().out
+    # a BiMamba checkpoint is not an ESM-2: one line
+    from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
+    from lcplm.models.convert import save_checkpoint
+
+    save_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1)), tmp_path / "bimamba.ckpt")
+    assert main(["convert", "ours-to-esm", str(tmp_path / "bimamba.ckpt"), str(tmp_path / "x")]) == 2
+    assert "only 'esm2' and 'sparse_transformer'" in capsys.readouterr().err
