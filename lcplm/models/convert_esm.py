@@ -48,7 +48,7 @@ import torch
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
 from lcplm.files import atomic_write_bytes, atomic_write_text, atomic_write_with
-from lcplm.models.esm2 import ESM2Config, ESM2LM
+from lcplm.models.esm2 import ESM2LM, ESM2Config
 from lcplm.models.sparse_transformer import ESM2StyleLM, SparseGenomeLM, SparseTransformerConfig
 
 ESM_VOCAB = 33

@@ -14,7 +14,7 @@ from lcplm.config import load_config
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
 from lcplm.models import build_model, count_parameters
-from lcplm.models.esm2 import ESM2Config, ESM2LM
+from lcplm.models.esm2 import ESM2LM, ESM2Config
 
 REPO = Path(__file__).resolve().parents[2]
 # fp32 on both sides; differences are reduction order only (observed ~2e-6 on logits of size ~5)
