@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
     "genome": ("lcplm.eval.genome_cli:main", "genome model evaluations: pair-scores, probe, taxonomy, ppi-detection"),
     "score-variants": ("lcplm.eval.variants:main", "zero-shot variant effects on ProteinGym DMS tables (ESM-1v scores)"),
+    "params": ("lcplm.models:main", "print the parameter count of an experiment's model"),
 }
 
 

@@ -230,7 +230,7 @@ def genome_context(genomes, protein_id: str, wild_type: str, max_tokens: int = 6
         raise UserError(f"{where}: protein {protein_id!r} ({len(wild_type)} residues) does not fit a "
                         f"{max_tokens}-token genome window (raise --genome-max-tokens)")
     k = window.protein_ids.index(protein_id)
-    first = 1 + sum(len(p.sequence) + 1 for p in window.proteins[:k])
+    first = int((window.pid == k).nonzero()[0]) + 1  # every protein is framed <cls> P <eos> in its window
     allowed = build_pair_source(PairSourceConfig(name=pair_source), genomes).allowed(window)
     desc = (f"inside genome {owner.genome_id} (window of {len(window.proteins)} proteins, {len(window)} tokens, "
             f"pair source {pair_source})")

@@ -236,7 +236,7 @@ def test_genome_context_scores_see_other_proteins_only_through_the_pair_source()
         return ctx, V.score_substitutions(model, WT, subs, "masked-marginal", context=ctx).scores
 
     ctx, single = scores(genomes, "single_protein")
-    assert ctx.first == 1 + 27 + 1
+    assert ctx.first == (1 + 27 + 1) + 1  # <cls> p0 <eos> <cls> | target
     np.testing.assert_allclose(scores(changed, "single_protein")[1], single, rtol=0, atol=1e-5)
     ctx, dense = scores(genomes, "dense")
     assert np.abs(scores(changed, "dense")[1] - dense).max() > 1e-3
