@@ -29,7 +29,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
@@ -52,7 +51,6 @@ class SparseTransformerConfig:
     dropout: float = 0.0  # on the attention and FFN residual branches (ESM-2: 0)
     positions: str = "genome"  # rotary positions: genome (offset in the window) | protein
     rotary_base: float = 10000.0
-    activation_checkpointing: bool = False  # recompute each layer in backward (memory for time)
     attention_backend: str = "auto"  # auto | kernel (block-sparse) | flex (FlexAttention, same tiles) | dense (SDPA + L x L mask) | reference (tests)
     init_std: float = 0.02
 
@@ -154,6 +152,11 @@ class SparseGenomeLM(nn.Module):
     proteins); without ``allowed`` all pairs of proteins are allowed.
     """
 
+    config_class = SparseTransformerConfig
+    block_classes = (SparseTransformerBlock,)
+    fsdp_param_dtype = torch.bfloat16  # nothing precision-critical outside autocast's fp32 ops
+    keyword_inputs = ("lengths", "pid", "allowed")
+
     def __init__(self, cfg: SparseTransformerConfig):
         super().__init__()
         if cfg.hidden % cfg.heads or (cfg.hidden // cfg.heads) % 2:
@@ -246,10 +249,7 @@ class SparseGenomeLM(nn.Module):
         cos, sin = self._rotary(pid, input_ids.shape[1], x.dtype)
         layout = backends.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
         for layer in self.layers:
-            if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and mass is None:
-                x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, layout, mass)
+            x = layer(x, cos, sin, layout, mass)
         return self.final_norm(x)
 
     def encode(

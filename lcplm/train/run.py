@@ -151,7 +151,7 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
 
     from lcplm.data.datamodules import build_datamodule
     from lcplm.models import build_model
-    from lcplm.tasks.mlm import MLMTask
+    from lcplm.tasks import task_class
     from lcplm.train.checkpoint import load_weights
 
     if cfg.trainer.num_threads > 0:
@@ -167,7 +167,7 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
                 "(stage 2's default, experiments/graph/yeast_tiny.yaml, starts from `make pretrain`)"
             )
         load_weights(model, cfg.run.init_from)
-    task = MLMTask(model, cfg.optim, config=to_dict(cfg))
+    task = task_class(cfg.task.name)(model, cfg.optim, config=to_dict(cfg))
     trainer = build_trainer(cfg, out, extra_callbacks)
     if trainer.is_global_zero:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))

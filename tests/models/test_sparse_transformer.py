@@ -269,10 +269,15 @@ def test_padding_does_not_leak_and_positions_modes():
 
 
 def test_activation_checkpointing_same_loss_and_gradients():
+    """trainer.activation_checkpointing's per-block recomputation over the block-sparse kernel."""
+    from lcplm.train.strategies import apply_activation_checkpointing
+
     batch = _batch([_genome([40, 50, 30], "c", 6)], lambda n: window_allowed(n, 1))
     grads = []
     for ckpt in (False, True):
-        model = _tiny(attention_backend="kernel", activation_checkpointing=ckpt).train()
+        model = _tiny(attention_backend="kernel").train()
+        if ckpt:
+            assert apply_activation_checkpointing(model, SparseGenomeLM.block_classes) == model.cfg.num_layers
         loss = model(**batch).pow(2).mean()
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
