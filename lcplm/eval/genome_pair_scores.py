@@ -25,6 +25,7 @@ from lcplm.data.datamodules.genome import load_genomes
 from lcplm.data.genomes import genome_windows
 from lcplm.data.pair_sources import PAIR_SOURCES, build_pair_source
 from lcplm.errors import UserError, run_module_main
+from lcplm.files import atomic_open
 from lcplm.eval.genome_probe import genome_config, load_models
 
 
@@ -38,10 +39,8 @@ def write_pair_scores(cfg: PretrainConfig, checkpoint: str | None, source: str, 
     genomes = load_genomes(data)
     (_, model), = load_models(cfg, [checkpoint] if checkpoint else [], device)
     first_pass = build_pair_source(dataclasses.replace(data.pair_source, name=source), genomes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     n = 0
-    with open(tmp, "w") as fh:
+    with atomic_open(out, "w") as fh:
         fh.write(f"# protein_a\tprotein_b\tscore (symmetrised attention mass; first pass '{source}', {where})\n")
         for g in genomes:
             for w in genome_windows(g, data.max_tokens):
@@ -58,14 +57,13 @@ def write_pair_scores(cfg: PretrainConfig, checkpoint: str | None, source: str, 
                         if allowed[i, j]:
                             fh.write(f"{ids[i]}\t{ids[j]}\t{float(m[i, j]):.6g}\n")
                             n += 1
-    tmp.replace(out)
     return n
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m lcplm.eval.genome_pair_scores", description=__doc__.split("\n\n")[0])
     p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    p.add_argument("--checkpoint", default=None, help="lcplm genome checkpoint (default: the config's model at random init)")
+    p.add_argument("--checkpoint", default=None, help="genome model: run checkpoint or model directory (default: the config's model at random init)")
     p.add_argument("--out", required=True, help="pair-score file to write (TSV)")
     p.add_argument("--source", default="dense", help="pair pattern of the scoring pass (default: %(default)s)")
     ns = p.parse_args(argv)

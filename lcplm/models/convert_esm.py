@@ -1,4 +1,4 @@
-"""Hugging Face ESM-2 (``EsmForMaskedLM``) -> :class:`~lcplm.models.sparse_transformer.SparseGenomeLM`.
+"""Hugging Face ESM-2 (``EsmForMaskedLM``) <-> :class:`~lcplm.models.sparse_transformer.SparseGenomeLM`.
 
 ESM-2's 33 token rows become our rows 0..32 (the ids are the same). Our own rows are
 initialised from ESM-2's: ``<sep>`` (37, between the proteins of a genome) copies ``<eos>``,
@@ -6,16 +6,17 @@ which ends a protein in ESM-2; the graph tokens and the padding rows are zero. T
 bias of those rows is zero. ESM-1b style models (learned absolute positions, an embedding
 LayerNorm) are refused: the genome model has rotary positions only.
 
-``python -m lcplm.models.convert_esm HF_DIR OUT.ckpt`` converts a local Hugging Face
-directory (``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin``) into an lcplm
-checkpoint that ``run.init_from`` and :func:`lcplm.train.checkpoint.load_model` read.
+Reading: ``lcplm.models.io.from_pretrained(HF_DIR)`` (``model_type: esm``) calls
+:func:`from_esm`. Writing: :func:`save_esm` (``lcplm export CKPT DIR --format hf-esm``) keeps rows
+0..32 (our extra rows have no ESM-2 id and are dropped) and writes no contact-head training
+(its regression weights are zero), so ESM-2 -> ours -> ESM-2 is exact for every weight ESM-2's
+masked LM uses, and ours -> ESM-2 -> ours is exact except the rows ESM-2 lacks (rebuilt as above).
+On one protein both compute the same logits; Hugging Face's ESM has no protein-pair attention mask.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +24,7 @@ import torch
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
+from lcplm.models.io import error_line, write_model_directory
 from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
 
 ESM_VOCAB = 33
@@ -111,59 +113,90 @@ def from_hf_esm(hf_model: Any, **overrides: Any) -> SparseGenomeLM:
     return model.eval()
 
 
-def load_hf_directory(path: str | Path, **overrides: Any) -> SparseGenomeLM:
-    """Convert a local Hugging Face ESM-2 directory (no transformers import, no download)."""
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"{path}: no config.json (expected a Hugging Face ESM-2 model directory)")
+def from_esm(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str, **overrides: Any) -> tuple[SparseTransformerConfig, dict[str, torch.Tensor]]:
+    """Our ``(SparseTransformerConfig, state dict)`` from an ESM-2 directory's config.json and
+    weights (the reader of ``model_type: esm`` in :func:`lcplm.models.io.read_pretrained`)."""
+    name = overrides.pop("name", "sparse_transformer")
+    if name != "sparse_transformer":
+        raise UserError(f"{where}: ESM-2 weights convert to 'sparse_transformer' models, not {name!r}")
+    fields = {f.name for f in dataclasses.fields(SparseTransformerConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"{where}: {unknown[0]!r} is not a setting of 'sparse_transformer' models")
     try:
-        hf_cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_file}: not valid JSON ({e})") from None
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(path / "model.safetensors"))
-    elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
-    cfg = config_from_hf(hf_cfg, **overrides)
-    model = SparseGenomeLM(cfg)
-    model.load_state_dict(convert_state_dict(state, cfg))
-    return model.eval()
+        cfg = config_from_hf(config, **overrides)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{where}/config.json: not an ESM-2 config ({error_line(e)})") from None
+    try:
+        return cfg, convert_state_dict(state, cfg)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
-def save_lcplm_checkpoint(model: SparseGenomeLM, path: str | Path) -> None:
-    """Write ``model`` as an lcplm checkpoint (what ``run.init_from`` and ``load_model`` read)."""
-    from lcplm.config import PretrainConfig, to_dict
+def config_to_hf(cfg: SparseTransformerConfig) -> dict:
+    """transformers' ``EsmConfig`` (as config.json) of a genome model."""
+    if cfg.rotary_base != 10000.0:
+        raise UserError(f"model.rotary_base is {cfg.rotary_base}; Hugging Face's ESM has it fixed at 10000")
+    return {
+        "architectures": ["EsmForMaskedLM"],
+        "model_type": "esm",
+        "vocab_size": ESM_VOCAB,
+        "hidden_size": cfg.hidden,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.heads,
+        "intermediate_size": cfg.ffn,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.dropout,  # ours drops out the residual branches, as this does
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": 1026,  # unused with rotary positions (ESM-2's value)
+        "position_embedding_type": "rotary",
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "emb_layer_norm_before": False,
+        "token_dropout": cfg.token_dropout,
+        "mask_token_id": tokenizer.MASK,
+        "pad_token_id": tokenizer.PAD,
+        "initializer_range": cfg.init_std,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "is_folding_model": False,
+        "torch_dtype": "float32",
+    }
 
-    # data as a plain {"name": ...}: models never import the (Lightning) datamodules
-    config = to_dict(PretrainConfig(model=model.cfg, data={"name": "genome"}))
-    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, path)
+
+def to_hf_state_dict(state: Mapping[str, torch.Tensor], cfg: SparseTransformerConfig) -> dict[str, torch.Tensor]:
+    """Our state dict in ``EsmForMaskedLM``'s names (rows 0..32; the inverse of :func:`convert_state_dict`)."""
+    head_dim = cfg.hidden // cfg.heads
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    out = {"esm.embeddings.word_embeddings.weight": state["embed.weight"][:ESM_VOCAB]}
+    for i in range(cfg.num_layers):
+        p, o = _LAYER.format(i=i), f"layers.{i}."
+        out[p + "attention.LayerNorm.weight"] = state[o + "attn_norm.weight"]
+        out[p + "attention.LayerNorm.bias"] = state[o + "attn_norm.bias"]
+        for part in ("weight", "bias"):
+            for n, chunk in zip(("query", "key", "value"), state[o + f"qkv.{part}"].chunk(3)):
+                out[p + f"attention.self.{n}.{part}"] = chunk
+            out[p + f"attention.output.dense.{part}"] = state[o + f"out.{part}"]
+            out[p + f"LayerNorm.{part}"] = state[o + f"ffn_norm.{part}"]
+            out[p + f"intermediate.dense.{part}"] = state[o + f"fc1.{part}"]
+            out[p + f"output.dense.{part}"] = state[o + f"fc2.{part}"]
+        out[p + "attention.self.rotary_embeddings.inv_freq"] = inv_freq.clone()
+    for part in ("weight", "bias"):
+        out[f"esm.encoder.emb_layer_norm_after.{part}"] = state[f"final_norm.{part}"]
+        out[f"lm_head.dense.{part}"] = state[f"head_dense.{part}"]
+        out[f"lm_head.layer_norm.{part}"] = state[f"head_norm.{part}"]
+    if not cfg.tie_embeddings:
+        out["lm_head.decoder.weight"] = state["decoder.weight"][:ESM_VOCAB]
+    out["lm_head.bias"] = state["head_bias"][:ESM_VOCAB]
+    # ESM's contact head (logistic regression over all heads' attention maps): lcplm trains none
+    out["esm.contact_head.regression.weight"] = torch.zeros(1, cfg.num_layers * cfg.heads)
+    out["esm.contact_head.regression.bias"] = torch.zeros(1)
+    return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m lcplm.models.convert_esm",
-        description="Convert a local Hugging Face ESM-2 directory into an lcplm genome-transformer checkpoint.",
-    )
-    p.add_argument("hf_dir", help="directory with config.json and model.safetensors / pytorch_model.bin")
-    p.add_argument("out", help="output .ckpt (use it as run.init_from)")
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "reference", "dense"])
-    ns = p.parse_args(argv)
-    model = load_hf_directory(ns.hf_dir, attention_backend=ns.attention_backend)
-    save_lcplm_checkpoint(model, ns.out)
-    n = sum(t.numel() for t in model.parameters())
-    print(f"wrote {ns.out}: {model.cfg.num_layers} layers, hidden {model.cfg.hidden}, {n / 1e6:.1f}M parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    from lcplm.errors import run_module_main
-
-    run_module_main(main, "convert_esm")
+def save_esm(model: SparseGenomeLM, out_dir: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face ESM-2 directory (``EsmForMaskedLM``, no remote code)."""
+    if not isinstance(model, SparseGenomeLM):
+        raise UserError(f"only 'sparse_transformer' models export to ESM-2's layout, not {type(model).__name__}")
+    state = to_hf_state_dict(model.state_dict(), model.cfg)
+    return write_model_directory(out_dir, config_to_hf(model.cfg), state)

@@ -134,12 +134,13 @@ def test_esm2_parity_padded_batch_and_untied_head():
 
 
 def test_esm2_conversion_from_directory_and_refusals(tmp_path):
-    from lcplm.models.convert_esm import config_from_hf, from_hf_esm, load_hf_directory, main, save_lcplm_checkpoint
-    from lcplm.train.checkpoint import load_model
+    from lcplm.__main__ import main as cli
+    from lcplm.models.convert_esm import config_from_hf, from_hf_esm
+    from lcplm.models.io import from_pretrained
 
     hf = _random_hf_esm()
     hf.save_pretrained(tmp_path / "hf")  # safetensors + config.json, no network
-    ours = load_hf_directory(tmp_path / "hf", attention_backend="dense")
+    ours = from_pretrained(tmp_path / "hf", attention_backend="dense")
     ref = from_hf_esm(hf, attention_backend="dense")
     ids = tokenizer.encode(PROTEIN[:30])[None]
     with torch.no_grad():
@@ -147,20 +148,22 @@ def test_esm2_conversion_from_directory_and_refusals(tmp_path):
     # <sep> starts as ESM-2's <eos>; the graph tokens as zeros
     assert torch.equal(ours.embed.weight[tokenizer.SEP], ours.embed.weight[tokenizer.EOS])
     assert not ours.embed.weight[tokenizer.BON].any()
-    # an lcplm checkpoint that load_model (and run.init_from) reads back
-    assert main([str(tmp_path / "hf"), str(tmp_path / "esm.ckpt"), "--attention-backend", "dense"]) == 0
-    back, cfg = load_model(tmp_path / "esm.ckpt")
-    assert cfg.hidden == 64 and cfg.num_layers == 3
+    # an lcplm model directory that from_pretrained (and run.init_from) reads back
+    out = tmp_path / "esm_genome"
+    assert cli(["convert", "esm-to-genome", str(tmp_path / "hf"), str(out), "--attention-backend", "dense"]) == 0
+    back = from_pretrained(out)
+    assert back.cfg.hidden == 64 and back.cfg.num_layers == 3 and back.cfg.attention_backend == "dense"
     with torch.no_grad():
         torch.testing.assert_close(back(ids), ref(ids), rtol=0, atol=0)
-    save_lcplm_checkpoint(ref, tmp_path / "again.ckpt")
     bad = hf.config.to_dict() | {"position_embedding_type": "absolute"}
     with pytest.raises(UserError, match="rotary"):
         config_from_hf(bad)
     with pytest.raises(UserError, match="emb_layer_norm_before"):
         config_from_hf(hf.config.to_dict() | {"emb_layer_norm_before": True})
     with pytest.raises(UserError, match="config.json"):
-        load_hf_directory(tmp_path)
+        from_pretrained(tmp_path)
+    with pytest.raises(UserError, match="not 'bimamba'"):
+        from_pretrained(tmp_path / "hf", name="bimamba")
 
 
 # ----------------------------------------------------------------------------- backends
