@@ -15,8 +15,8 @@ from lcplm.__main__ import main as cli
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
 from lcplm.models import MODELS, build_model, convert, io
-from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
+from lcplm.models.bimamba import BiMambaConfig
+from lcplm.models.sparse_transformer import SparseTransformerConfig
 
 from conftest import write_run_checkpoint
 
