@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "export": ("lcplm.models.export_cli:main", "write a model as a model directory (lcplm, LC-PLM or ESM-2 layout)"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 releases to and from lcplm model directories"),
+    "params": ("lcplm.models:main", "print the parameter count of an experiment's model"),
 }
 
 

@@ -88,7 +88,7 @@ class RunConfig:
     seed: int = 0
     resume: bool = False  # continue from <run dir>/checkpoints/last.ckpt (same as --resume)
     overwrite: bool = False  # allow a fresh run into a run directory that already has checkpoints
-    init_from: Optional[str] = None  # load model weights (not optimiser state) from a checkpoint
+    init_from: Optional[str] = None  # load model weights (not optimiser state) from any model file (lcplm.models.io)
     save_every_n_steps: int = 200
 
 

@@ -3,6 +3,8 @@
     lcplm convert lcplm-to-ours LCPLM_DIR OUT_DIR     LC-PLM (HF layout) -> lcplm model directory
     lcplm convert ours-to-lcplm SRC OUT_DIR           lcplm BiMamba-S -> LC-PLM (HF layout)
     lcplm convert esm-to-genome ESM_DIR OUT_DIR       ESM-2 (HF) -> genome transformer directory
+    lcplm convert esm-to-esm2 ESM_DIR OUT_DIR         ESM-2 (HF) -> lcplm ESM-2 (model.name esm2) directory
+    lcplm convert ours-to-esm SRC OUT_DIR             lcplm esm2 / genome transformer -> ESM-2 (HF layout)
 
 Shortcuts of ``lcplm export`` (same reader, same writers) with the options of each conversion.
 An lcplm model directory is what ``run.init_from``, ``lcplm embed`` and the evaluations read
@@ -39,10 +41,19 @@ def ours_to_lcplm(ns: argparse.Namespace) -> int:
     return 0
 
 
-def esm_to_genome(ns: argparse.Namespace) -> int:
-    model = io.from_pretrained(ns.src, name="sparse_transformer", attention_backend=ns.attention_backend)
+def esm_to_ours(ns: argparse.Namespace) -> int:
+    model = io.from_pretrained(ns.src, name=ns.target, attention_backend=ns.attention_backend)
     io.save_pretrained(model, ns.out)
-    print(f"wrote {ns.out}: {model.cfg.num_layers} layers, hidden {model.cfg.hidden}, {describe(model)}")
+    print(f"wrote {ns.out}: {model.cfg.name}, {model.cfg.num_layers} layers, hidden {model.cfg.hidden}, {describe(model)}")
+    return 0
+
+
+def ours_to_esm(ns: argparse.Namespace) -> int:
+    from lcplm.models.convert_esm import save_hf_directory
+
+    model = io.from_pretrained(ns.src)
+    save_hf_directory(model, ns.out)
+    print(f"wrote {ns.out} in ESM-2's layout (EsmForMaskedLM, tokenizer files): {describe(model)}")
     return 0
 
 
@@ -69,11 +80,17 @@ def main(argv: list[str]) -> int:
                    help="also write mamba_rev's tied in/out projections (by default stored once, as released)")
     b.add_argument("--bin", action="store_true", help="write pytorch_model.bin instead of model.safetensors")
     b.set_defaults(func=ours_to_lcplm)
-    c = sub.add_parser("esm-to-genome", help="ESM-2 Hugging Face directory -> genome transformer model directory")
-    c.add_argument("src", help="directory with config.json and model.safetensors / pytorch_model.bin")
-    c.add_argument("out", help="output model directory (use it as run.init_from)")
-    c.add_argument("--attention-backend", default="auto", choices=["auto", "kernel", "flex", "dense", "reference"],
-                   help="model.attention_backend stored in the model's config")
-    c.set_defaults(func=esm_to_genome)
+    for command, target, what in (("esm-to-genome", "sparse_transformer", "genome transformer"),
+                                  ("esm-to-esm2", "esm2", "lcplm ESM-2 (model.name esm2)")):
+        c = sub.add_parser(command, help=f"ESM-2 Hugging Face directory -> {what} model directory")
+        c.add_argument("src", help="directory with config.json and model.safetensors / pytorch_model.bin")
+        c.add_argument("out", help="output model directory (use it as run.init_from)")
+        c.add_argument("--attention-backend", default="auto", choices=["auto", "kernel", "flex", "dense", "reference"],
+                       help="model.attention_backend stored in the model's config")
+        c.set_defaults(func=esm_to_ours, target=target)
+    d = sub.add_parser("ours-to-esm", help="lcplm esm2 / genome transformer -> ESM-2 Hugging Face directory")
+    d.add_argument("src", help="lcplm checkpoint or model directory (e.g. runs/tiny_esm2/checkpoints/last.ckpt)")
+    d.add_argument("out", help="output directory (config.json, model.safetensors, tokenizer files)")
+    d.set_defaults(func=ours_to_esm)
     ns = p.parse_args(argv)
     return ns.func(ns)

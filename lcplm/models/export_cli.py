@@ -10,7 +10,8 @@ change the weights (``scan_backend=reference``, ``attention_backend=dense``, ...
   OUT_DIR, trust_remote_code=True)`` (``--no-modeling``: weights and config only);
 - ``lcplm-released``: BiMamba-S in LC-PLM's released layout (``LcPlmForMaskedLM``; see
   ``lcplm convert ours-to-lcplm`` for its layout options);
-- ``hf-esm``: the genome transformer as transformers' own ``EsmForMaskedLM`` (no remote code).
+- ``hf-esm``: ``esm2`` and the genome transformer as transformers' own ``EsmForMaskedLM``
+  (no remote code; with ESM-2's tokenizer files).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def export(src: str | Path, out: str | Path, fmt: str = "lcplm", modeling: bool 
         return convert.save_lcplm(model, out)
     from lcplm.models import convert_esm
 
-    return convert_esm.save_esm(model, out)
+    return convert_esm.save_hf_directory(model, out)
 
 
 def main(argv: list[str]) -> int:

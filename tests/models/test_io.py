@@ -16,6 +16,7 @@ from lcplm.data import tokenizer
 from lcplm.errors import UserError
 from lcplm.models import MODELS, build_model, convert, io
 from lcplm.models.bimamba import BiMambaConfig
+from lcplm.models.esm2 import ESM2Config
 from lcplm.models.sparse_transformer import SparseTransformerConfig
 
 from conftest import write_run_checkpoint
@@ -33,9 +34,11 @@ VARIANTS = {
                                                                         tie_embeddings=False, positions="protein",
                                                                         rotary_base=500.0, attention_backend="dense"),
 }
-if "share_projections" in {f.name for f in dataclasses.fields(BiMambaConfig)}:  # helper M1's variant
-    VARIANTS["bimamba-unshared"] = lambda: BiMambaConfig(d_model=16, n_layer=2, d_state=4, scan_backend="reference",
-                                                         share_projections=False)
+VARIANTS["bimamba-unshared"] = lambda: BiMambaConfig(d_model=16, n_layer=2, d_state=4, bias=True,
+                                                     scan_backend="reference", share_projections=False)
+VARIANTS["esm2"] = lambda: ESM2Config(num_layers=2, hidden=32, heads=4, ffn=64, attention_backend="reference")
+VARIANTS["esm2-untied-40"] = lambda: ESM2Config(num_layers=1, hidden=16, heads=2, ffn=32, vocab_size=40,
+                                                tie_embeddings=False, attention_backend="dense")
 
 
 def make_model(variant: str, seed: int = 0):

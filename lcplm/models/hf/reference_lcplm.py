@@ -12,10 +12,11 @@ Networks: ``encode(input_ids, lengths=None, **inputs) -> (B, L, d)`` and ``logit
 
 - ``bimamba``: BiMamba-S (LC-PLM): residual add -> RMSNorm -> mixer; the mixer's in/out
   projections are shared by a forward scan and a scan over each sequence reversed within its
-  own length.
+  own length (or, ``share_projections: false``, one pair per direction).
 - ``sparse_transformer``: ESM-2 layers; query i attends key j iff ``pid[i] >= 0``,
   ``pid[j] >= 0`` and ``allowed[b, pid[i], pid[j]]`` (``pid`` (B, L) protein index per token,
   -1 padding; ``allowed`` (B, P, P)). Without ``pid`` each row is one protein.
+- ``esm2``: ESM-2, the same layers, one protein per row.
 - :class:`ReleasedBiMambaNetwork`: the same BiMamba-S in LC-PLM's released parameter layout
   (``bimamba.backbone.*``, tied ``mamba_fwd``/``mamba_rev`` projections stored once).
 """
@@ -120,16 +121,30 @@ def bimamba_mix(h, index, in_proj, fwd: SSM, rev: SSM, out_weight, out_bias):
 
 
 class BiMambaMixer(nn.Module):
+    """Shared projections (BiMamba-S), or with ``share_projections: false`` one in/out projection
+    pair per direction, each direction gated by its own z (two untied Mamba calls)."""
+
     def __init__(self, c: Mapping[str, Any]):
         super().__init__()
         d, e = c["d_model"], c["expand"] * c["d_model"]
+        self.share_projections = c.get("share_projections", True)
         self.in_proj = nn.Linear(d, 2 * e, bias=c["bias"])
         self.fwd = SSM(c)
         self.rev = SSM(c)
         self.out_proj = nn.Linear(e, d, bias=c["bias"])
+        if not self.share_projections:
+            self.in_proj_rev = nn.Linear(d, 2 * e, bias=c["bias"])
+            self.out_proj_rev = nn.Linear(e, d, bias=c["bias"])
 
     def forward(self, h, index):
-        return bimamba_mix(h, index, self.in_proj, self.fwd, self.rev, self.out_proj.weight, self.out_proj.bias)
+        if self.share_projections:
+            return bimamba_mix(h, index, self.in_proj, self.fwd, self.rev, self.out_proj.weight, self.out_proj.bias)
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        x_rev, z_rev = self.in_proj_rev(h).chunk(2, dim=-1)
+        y_fwd = self.fwd.scan(x.transpose(1, 2)).float() * F.silu(z.transpose(1, 2).float())
+        y_rev = reverse(self.rev.scan(reverse(x_rev.transpose(1, 2), index)), index).float()
+        y_rev = y_rev * F.silu(z_rev.transpose(1, 2).float())
+        return self.out_proj(y_fwd.transpose(1, 2).to(h.dtype)) + self.out_proj_rev(y_rev.transpose(1, 2).to(h.dtype))
 
 
 class BiMambaBlock(nn.Module):
@@ -368,7 +383,25 @@ class SparseTransformerNetwork(nn.Module):
         return self.decoder
 
 
-NETWORKS: dict[str, type] = {"bimamba": BiMambaNetwork, "sparse_transformer": SparseTransformerNetwork}
+class ESM2Network(SparseTransformerNetwork):
+    """lcplm's ``esm2`` (ESM2LM): ESM-2, one protein per row, hidden states zero at padding."""
+
+    def __init__(self, c: Mapping[str, Any]):
+        super().__init__({**c, "positions": "genome"})  # rotary offsets from each row's start
+
+    def encode(self, input_ids, lengths=None):
+        hidden = super().encode(input_ids, lengths=lengths)
+        if lengths is None:
+            return hidden
+        valid = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
+        return hidden * valid[..., None].to(hidden.dtype)
+
+
+NETWORKS: dict[str, type] = {
+    "bimamba": BiMambaNetwork,
+    "sparse_transformer": SparseTransformerNetwork,
+    "esm2": ESM2Network,
+}
 
 
 def build_network(lcplm_config: Mapping[str, Any]) -> nn.Module:
