@@ -224,6 +224,31 @@ def test_transformers_loads_the_export_with_trust_remote_code_and_equal_outputs(
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(ours[0, 3:4], labels[0, 3:4]), rtol=1e-5, atol=1e-5)
 
 
+def test_an_export_loads_in_a_process_where_lcplm_cannot_be_imported(tmp_path):
+    pytest.importorskip("transformers")
+    import os
+    import subprocess
+    import sys
+
+    model = make_model("bimamba-unshared")
+    io.save_pretrained(model, tmp_path / "model")
+    b = _hf_inputs(model)
+    torch.save({"inputs": b, "logits": outputs(model)}, tmp_path / "expected.pt")
+    script = f"""
+import sys
+sys.modules["lcplm"] = None  # any import of lcplm fails
+import torch, transformers
+hf = transformers.AutoModelForMaskedLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+ref = torch.load({str(tmp_path / "expected.pt")!r})
+with torch.no_grad():
+    torch.testing.assert_close(hf(**ref["inputs"]).logits, ref["logits"], rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_transformers_reads_sharded_exports(tmp_path):
     transformers = pytest.importorskip("transformers")
     model = make_model("bimamba")
