@@ -328,6 +328,7 @@ def section_genome_step(rec: Recorder, dry: bool, args) -> None:
     from lcplm.config import PretrainConfig, load_config
     from lcplm.data.masking import mask_tokens
     from lcplm.models.sparse_transformer import SparseGenomeLM
+    from lcplm.train.strategies import apply_activation_checkpointing
 
     dev = _device(dry)
     cfg = load_config(REPO / "experiments" / "genome" / "esm2_650m_genome.yaml", ["run.init_from=null"], schema=PretrainConfig).model
@@ -356,9 +357,9 @@ def section_genome_step(rec: Recorder, dry: bool, args) -> None:
             rec.row(backend=backend, forward_only=True, ok=True)
             continue
         cfg.attention_backend = backend
-        cfg.activation_checkpointing = True
         torch.manual_seed(0)
         model = SparseGenomeLM(cfg).to(dev)
+        apply_activation_checkpointing(model, SparseGenomeLM.block_classes)  # as trainer.activation_checkpointing does
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.type == "cuda")
         n_params = sum(p.numel() for p in model.parameters())
 

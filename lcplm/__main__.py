@@ -1,4 +1,4 @@
-"""Command line: ``lcplm pretrain | eval-downstream | embed | data | sweep | convert | genome | score-variants`` (or ``python -m lcplm``).
+"""Command line: ``lcplm COMMAND ...`` (or ``python -m lcplm``), the commands listed in :data:`COMMANDS`.
 
 Each command lives in its own module and exposes ``main(argv) -> int``. A
 :class:`~lcplm.errors.UserError` becomes one line on stderr and exit status 2.
@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-downstream": ("lcplm.eval.downstream_cli:main", "remote homology, function, PPI link prediction"),
     "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, statistics)"),
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
-    "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
+    "export": ("lcplm.models.export_cli:main", "write a model as a model directory (lcplm, LC-PLM or ESM-2 layout)"),
+    "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 releases to and from lcplm model directories"),
     "genome": ("lcplm.eval.genome_cli:main", "genome model evaluations: pair-scores, probe, taxonomy, ppi-detection"),
     "score-variants": ("lcplm.eval.variants:main", "zero-shot variant effects on ProteinGym DMS tables (ESM-1v scores)"),
     "params": ("lcplm.models:main", "print the parameter count of an experiment's model"),

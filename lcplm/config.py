@@ -8,7 +8,8 @@ The result is validated against ``schema``: an unknown key or a value of the wro
 
 Polymorphic sections (``model``, ``data``) carry a ``name`` that picks their dataclass from
 :data:`SECTION_SCHEMAS`; the dataclass lives beside the code it configures and is imported
-lazily, so this module imports no models or data code.
+lazily, so this module imports no models or data code. Model names and their config classes
+come from the model registry (:data:`lcplm.models.MODELS`, each class's ``config_class``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lcplm.errors import UserError
+from lcplm.models import MODELS
 
-# section -> name -> "module:Dataclass". Each dataclass has a ``name: str`` field.
+# section -> name -> "module:Attribute[.attribute]". Each dataclass has a ``name: str`` field.
 SECTION_SCHEMAS: dict[str, dict[str, str]] = {
-    "model": {
-        "bimamba": "lcplm.models.bimamba:BiMambaConfig",
-        "sparse_transformer": "lcplm.models.sparse_transformer:SparseTransformerConfig",
-        "esm2": "lcplm.models.esm2:ESM2Config",
-    },
+    "model": {name: f"{target}.config_class" for name, target in MODELS.items()},
     "data": {
         "fasta": "lcplm.data.datamodules.fasta:FastaDataConfig",
         "ppi_walks": "lcplm.data.datamodules.ppi_walks:PPIWalkDataConfig",
@@ -40,8 +38,11 @@ SECTION_SCHEMAS: dict[str, dict[str, str]] = {
 
 
 def _import(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    module, _, attrs = target.partition(":")
+    obj = importlib.import_module(module)
+    for attr in attrs.split("."):
+        obj = getattr(obj, attr)
+    return obj
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TrainerConfig:
     strategy: str = "auto"  # auto | ddp | fsdp | fsdp2 (ModelParallelStrategy + fully_shard)
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     accumulate_grad_batches: int = 1
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each residual block in backward (the one switch for it)
     log_every_n_steps: int = 10
     deterministic: bool = False
     progress_bar: bool = True
@@ -87,13 +88,19 @@ class RunConfig:
     seed: int = 0
     resume: bool = False  # continue from <run dir>/checkpoints/last.ckpt (same as --resume)
     overwrite: bool = False  # allow a fresh run into a run directory that already has checkpoints
-    init_from: Optional[str] = None  # load model weights (not optimiser state) from a checkpoint
+    init_from: Optional[str] = None  # load model weights (not optimiser state) from any model file (lcplm.models.io)
     save_every_n_steps: int = 200
 
 
 @dataclass
 class TaskConfig:
-    name: str = "mlm"
+    name: str = "mlm"  # the LightningModule that trains the model (lcplm.tasks.TASKS)
+
+    def __post_init__(self) -> None:
+        from lcplm.tasks import TASKS
+
+        if self.name not in TASKS:
+            raise UserError(f"task.name must be one of {sorted(TASKS)}, got {self.name!r}")
 
 
 @dataclass

@@ -10,9 +10,9 @@
 * ``index.tsv``: ``index  id  length  embedded_length`` per record, in FASTA order;
 * ``meta.json``: checkpoint, its digest, model config, options, counts.
 
-``--checkpoint`` is an lcplm checkpoint (ours, or converted by ``lcplm convert`` from LC-PLM or
-ESM-2 weights) or a released LC-PLM model directory (``config.json`` + safetensors), read
-directly.
+``--checkpoint`` is a run checkpoint, an lcplm model directory (``lcplm export`` / ``lcplm
+convert``), or LC-PLM's or ESM-2's released model directory, read directly
+(:func:`lcplm.models.io.from_pretrained`).
 
 The mean embedding of a sequence is the mean of the encoder's final hidden states (after the
 final norm) over its residue tokens: never ``<cls>``/``<eos>``, padding, or ``<unk>``/gap
@@ -51,6 +51,7 @@ from lcplm.data.batching import plan_batches
 from lcplm.data.cache import cache_root
 from lcplm.data.collate import crop_residues
 from lcplm.errors import UserError
+from lcplm.files import atomic_write_bytes, atomic_write_text, atomic_write_with
 from lcplm.models.heads import residue_mean
 
 LONG_POLICIES = ("full", "crop", "error")
@@ -201,23 +202,15 @@ def file_digest(path: str | Path) -> str:
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """``(model, model_cfg)`` from an lcplm checkpoint file (ours, or one written by ``lcplm
-    convert`` from LC-PLM / ESM-2 weights), or from a released LC-PLM model directory
-    (Hugging Face layout: ``config.json`` + weights), read by :func:`lcplm.models.convert.load_lcplm`."""
-    path = Path(path)
-    if path.is_dir():
-        from lcplm.models.convert import load_lcplm
+    """``(model, model_cfg)`` from anything :func:`lcplm.models.io.from_pretrained` reads: a run's
+    checkpoint, an lcplm model directory (``lcplm export``), or LC-PLM's / ESM-2's released
+    Hugging Face directory."""
+    from lcplm.models.io import from_pretrained
 
-        model = load_lcplm(path)
-        return model.to(map_location), model.cfg
-    from lcplm.train.checkpoint import load_model
-
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    model, cfg = load_model(path, map_location=map_location)
+    model = from_pretrained(path, device=map_location)
     if not hasattr(model, "encode"):
         raise UserError(f"{path}: model {type(model).__name__} has no encode() to embed with")
-    return model, cfg
+    return model, model.cfg
 
 
 def random_encoder(model_cfg: Any, seed: int) -> nn.Module:
@@ -254,17 +247,17 @@ def write_embeddings(out_dir: str | Path, names: Sequence[str], result: Embeddin
     for stale in ("embeddings.safetensors", "mean.npy", "residues.npy", "offsets.npy"):
         (out / stale).unlink(missing_ok=True)
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(tensors, str(out / "embeddings.safetensors"))
+        atomic_write_bytes(out / "embeddings.safetensors", save(tensors))
     else:
         for k, v in tensors.items():
-            np.save(out / f"{k}.npy", v.numpy())
-    with open(out / "index.tsv", "w") as f:
-        f.write("index\tid\tlength\tembedded_length\n")
-        for i, (name, n, e) in enumerate(zip(names, result.lengths.tolist(), result.embedded_lengths.tolist())):
-            f.write(f"{i}\t{name}\t{n}\t{e}\n")
-    (out / "meta.json").write_text(json.dumps(meta or {}, indent=2, default=str) + "\n")
+            atomic_write_with(out / f"{k}.npy", lambda f, a=v.numpy(): np.save(f, a))
+    rows = ["index\tid\tlength\tembedded_length\n"]
+    for i, (name, n, e) in enumerate(zip(names, result.lengths.tolist(), result.embedded_lengths.tolist())):
+        rows.append(f"{i}\t{name}\t{n}\t{e}\n")
+    atomic_write_text(out / "index.tsv", "".join(rows))
+    atomic_write_text(out / "meta.json", json.dumps(meta or {}, indent=2, default=str) + "\n")
     return out
 
 
@@ -306,7 +299,7 @@ def cached_mean_embeddings(model_key: str, model_factory, names: Sequence[str], 
     ``model_key`` identifies the weights (a checkpoint digest, or config + seed for a random
     encoder); ``model_factory()`` builds the model only on a cache miss.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     options = {"max_length": max_length, "long_policy": long_policy, "half": half, "pooling": "residue_mean"}
     key_src = json.dumps({"model": model_key, "data": data_digest(names, sequences), "options": options}, sort_keys=True)
@@ -324,10 +317,8 @@ def cached_mean_embeddings(model_key: str, model_factory, names: Sequence[str], 
     cropped = f", {result.n_cropped} cropped to {max_length} residues" if result.n_cropped else ""
     log(f"  embedded {len(names)} sequences ({int(result.embedded_lengths.sum())} residues{cropped}) "
         f"in {time.time() - t0:.1f} s")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"mean": result.mean.contiguous()}, str(tmp), metadata={"key": key_src[:4000]})
-    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache entry
+    # atomic: an interrupted run never leaves a half-written cache entry
+    atomic_write_bytes(path, save({"mean": result.mean.contiguous()}, metadata={"key": key_src[:4000]}))
     return result.mean
 
 

@@ -48,3 +48,16 @@ def _one_thread_per_worker():
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+def write_run_checkpoint(model, path) -> None:
+    """A run checkpoint as ``lcplm pretrain`` leaves it: the MLMTask's state dict (weights under
+    ``model.``) and the resolved experiment config under ``hyper_parameters.config``."""
+    from lcplm.config import OptimConfig, PretrainConfig, to_dict
+    from lcplm.tasks.mlm import MLMTask
+    from lcplm.train.checkpoint_io import atomic_torch_save
+
+    data = {"name": "genome"} if model.cfg.name == "sparse_transformer" else {"name": "fasta"}
+    config = to_dict(PretrainConfig(model=model.cfg, data=data))
+    task = MLMTask(model, OptimConfig(), config=config)
+    atomic_torch_save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), "global_step": 0}, path)

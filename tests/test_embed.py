@@ -13,7 +13,9 @@ from lcplm.data import tokenizer as tok
 from lcplm.embed import cached_mean_embeddings, embed_sequences, main, read_embeddings
 from lcplm.errors import UserError
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-from lcplm.models.convert import save_checkpoint, save_lcplm
+from lcplm.models.convert import save_lcplm
+
+from conftest import write_run_checkpoint
 
 SEQS = {
     "sp|P1|short": "MKV",
@@ -37,7 +39,7 @@ def _checkpoint(path, seed=0):
     """An lcplm checkpoint (model weights + experiment config), as the pretrain runner writes it."""
     torch.manual_seed(seed)
     model = BiMambaLM(_model_cfg())
-    save_checkpoint(model, path)
+    write_run_checkpoint(model, path)
     return model.eval()
 
 
@@ -146,17 +148,20 @@ def test_cached_mean_embeddings_embed_once_per_model_data_and_options(tmp_path):
 
 def test_embed_a_converted_esm2_checkpoint(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from lcplm.models.convert_esm import main as convert
 
     cfg = transformers.EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                  intermediate_size=64, position_embedding_type="rotary", token_dropout=True,
                                  pad_token_id=1, mask_token_id=32, max_position_embeddings=1026)
     torch.manual_seed(0)
     transformers.EsmForMaskedLM(cfg).save_pretrained(tmp_path / "hf")
-    assert convert([str(tmp_path / "hf"), str(tmp_path / "esm.ckpt"), "--attention-backend", "dense"]) == 0
+    assert lcplm_main(["convert", "esm-to-genome", str(tmp_path / "hf"), str(tmp_path / "esm"), "--attention-backend", "dense"]) == 0
+    fa = str(_fasta(tmp_path / "in.fa"))
     out = tmp_path / "emb"
-    assert main(["--checkpoint", str(tmp_path / "esm.ckpt"), "--fasta", str(_fasta(tmp_path / "in.fa")),
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main(["--checkpoint", str(tmp_path / "esm"), "--fasta", fa, "--out", str(out), "--no-progress"]) == 0
+    _, direct = read_embeddings(out)
+    # the Hugging Face directory itself is read directly too, with the same result
+    assert main(["--checkpoint", str(tmp_path / "hf"), "--fasta", fa, "--out", str(tmp_path / "emb_hf"), "--no-progress"]) == 0
+    torch.testing.assert_close(read_embeddings(tmp_path / "emb_hf")[1]["mean"], direct["mean"], rtol=0, atol=0)
     ids, t = read_embeddings(out)
     assert ids == list(SEQS) and t["mean"].shape == (5, 32) and torch.isfinite(t["mean"]).all()
 
@@ -167,8 +172,8 @@ def test_embed_a_released_lcplm_directory_and_its_conversion(tmp_path, ckpt):
     fa = str(_fasta(tmp_path / "in.fa"))
     assert main(["--checkpoint", str(tmp_path / "lcplm_release"), "--fasta", fa, "--out", str(tmp_path / "a"),
                  "--no-progress"]) == 0
-    assert lcplm_main(["convert", "lcplm-to-ours", str(tmp_path / "lcplm_release"), str(tmp_path / "conv.ckpt")]) == 0
-    assert main(["--checkpoint", str(tmp_path / "conv.ckpt"), "--fasta", fa, "--out", str(tmp_path / "b"),
+    assert lcplm_main(["convert", "lcplm-to-ours", str(tmp_path / "lcplm_release"), str(tmp_path / "conv")]) == 0
+    assert main(["--checkpoint", str(tmp_path / "conv"), "--fasta", fa, "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 0
     direct = embed_sequences(model, list(SEQS.values()), list(SEQS)).mean
     for out in ("a", "b"):

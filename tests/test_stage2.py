@@ -224,7 +224,7 @@ def test_stage2_run_starts_from_stage1_checkpoint_and_val_loss_falls(graph_files
     """`lcplm pretrain experiments/graph/yeast_tiny.yaml` on a small graph, initialised from stage 1."""
     from lightning.pytorch.callbacks import Callback
 
-    from lcplm.train.checkpoint import load_model, model_state_dict, read_checkpoint
+    from lcplm.models.io import from_pretrained, read_pretrained
     from lcplm.train.run import train
 
     pairs, table = graph_files
@@ -246,7 +246,7 @@ def test_stage2_run_starts_from_stage1_checkpoint_and_val_loss_falls(graph_files
                  f"trainer.limit_val_batches={limit}", "optim.warmup_steps=5", "optim.lr=0.004",
                  f"run.init_from={ckpt}", "run.name=s2"],
     )
-    stage1_weights = model_state_dict(read_checkpoint(ckpt))
+    _, stage1_weights = read_pretrained(ckpt)
 
     class StartsFromStage1(Callback):
         seen = False
@@ -260,9 +260,9 @@ def test_stage2_run_starts_from_stage1_checkpoint_and_val_loss_falls(graph_files
     results = train(stage2, extra_callbacks=[StartsFromStage1()])
     assert StartsFromStage1.seen
     dm = PPIWalkDataModule(stage2.data, seed=stage2.run.seed)
-    start = _val_loss(load_model(ckpt)[0], dm, limit)
+    start = _val_loss(from_pretrained(ckpt), dm, limit)
     end = results["val_loss"]
-    assert end == pytest.approx(_val_loss(load_model(tmp_path / "runs" / "s2" / "checkpoints" / "last.ckpt")[0], dm, limit), rel=1e-4)
+    assert end == pytest.approx(_val_loss(from_pretrained(tmp_path / "runs" / "s2" / "checkpoints" / "last.ckpt"), dm, limit), rel=1e-4)
     print(f"stage-2 validation loss {start:.4f} -> {end:.4f}")
     assert end < start - 0.05, f"stage-2 validation loss did not fall: {start:.4f} -> {end:.4f}"
     saved = json.loads((tmp_path / "runs" / "s2" / "results.json").read_text())

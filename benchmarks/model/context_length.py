@@ -39,11 +39,11 @@ import torch
 
 from lcplm.config import load_config
 from lcplm.data import tokenizer
-from lcplm.models import build_model
+from lcplm.models import build_model, model_class
 from lcplm.models.bimamba import BiMambaConfig
 from lcplm.models.sparse_transformer import SparseTransformerConfig
 from lcplm.tasks.mlm import masked_lm_loss
-from lcplm.train.strategies import apply_activation_checkpointing, block_classes
+from lcplm.train.strategies import apply_activation_checkpointing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
 from _env import header  # noqa: E402
@@ -142,7 +142,7 @@ def build(kind: str, size: str, ckpt: bool, device: torch.device, n_layer: int |
     torch.manual_seed(0)
     model = build_model(CONFIGS[kind](size, n_layer)).to(device).train()
     if ckpt:
-        apply_activation_checkpointing(model, block_classes(kind))
+        apply_activation_checkpointing(model, model_class(kind).block_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     return model, opt
 

@@ -5,9 +5,9 @@
 * ``random_init``: the checkpoint's architecture at random initialisation (same size, same
   embedding code path), which separates what pretraining learned from what the architecture
   and the probe give for free; built by :func:`lcplm.embed.random_encoder`;
-* ESM-2: convert Hugging Face weights with ``python -m lcplm.models.convert_esm HF_DIR
-  OUT.ckpt`` and list ``esm2=OUT.ckpt`` among the checkpoints (it is then embedded like any
-  lcplm checkpoint).
+* ESM-2: list a Hugging Face ESM-2 directory among the checkpoints (``esm2=HF_DIR``; read by
+  :func:`lcplm.models.io.from_pretrained`, or converted once with ``lcplm convert esm-to-esm2
+  HF_DIR OUT_DIR``); it is then embedded like any lcplm model.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class DownstreamConfig:
 
     name: str = "default"  # results go to <out_dir>/<name>/
     out_dir: str = "runs/downstream"
-    checkpoints: list[str] = field(default_factory=list)  # PATH or LABEL=PATH: lcplm .ckpt (converted too) or LC-PLM dir
+    checkpoints: list[str] = field(default_factory=list)  # PATH or LABEL=PATH: run .ckpt, model directory, LC-PLM / ESM-2 dir
     baselines: list[str] = field(default_factory=lambda: ["composition", "random_init"])  # composition | random_init
     random_init_seed: int = 0  # weights of the random_init baseline
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # split (where seeded) and head initialisation

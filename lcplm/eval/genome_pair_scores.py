@@ -87,7 +87,7 @@ def write_pair_scores(cfg: PretrainConfig, checkpoint: str | None, source: str, 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lcplm genome pair-scores", description=__doc__.split("\n\n")[0])
     p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    p.add_argument("--checkpoint", default=None, help="lcplm genome checkpoint (default: the config's model at random init)")
+    p.add_argument("--checkpoint", default=None, help="genome model: run checkpoint or model directory (default: the config's model at random init)")
     p.add_argument("--out", required=True, help="pair-score file to write (TSV)")
     p.add_argument("--source", default="dense", help="pair pattern of the scoring pass (default: %(default)s)")
     ns = p.parse_args(argv)

@@ -34,20 +34,27 @@ from lcplm.data.genomes import PHROG_CATEGORIES, Genome, GenomeWindow, genome_wi
 from lcplm.data.pair_sources import PAIR_SOURCES, PairSource, build_pair_source
 from lcplm.errors import UserError, run_module_main
 from lcplm.files import atomic_write_text
+from lcplm.models import model_class
 
 UNKNOWN = "unknown function"
 
 
+def _takes_genomes(model_cls: type) -> bool:
+    """Whether a model class takes protein indices and a protein-pair pattern (genome windows)."""
+    return {"pid", "allowed"} <= set(model_cls.keyword_inputs)
+
+
 def genome_config(cfg: PretrainConfig, where: str) -> GenomeDataConfig:
-    if not isinstance(cfg.data, GenomeDataConfig) or cfg.model.name != "sparse_transformer":
-        raise UserError(f"{where}: expected a genome experiment (model.name sparse_transformer, data.name genome)")
+    if not isinstance(cfg.data, GenomeDataConfig) or not _takes_genomes(model_class(cfg.model.name)):
+        raise UserError(f"{where}: expected a genome experiment (data.name genome, a model that takes pid/allowed)")
     return cfg.data
 
 
 def load_models(cfg: PretrainConfig, checkpoints: Sequence[str], device: torch.device) -> list[tuple[str, torch.nn.Module]]:
-    """``(label, model)`` per ``[LABEL=]PATH``; the config's model at random init when none."""
+    """``(label, model)`` per ``[LABEL=]PATH`` (a run checkpoint or a model directory); the
+    config's model at random init when none."""
     from lcplm.models import build_model
-    from lcplm.train.checkpoint import load_model
+    from lcplm.models.io import from_pretrained
 
     if not checkpoints:
         torch.manual_seed(cfg.run.seed)
@@ -57,10 +64,10 @@ def load_models(cfg: PretrainConfig, checkpoints: Sequence[str], device: torch.d
         label, sep, path = spec.partition("=")
         if not sep:
             label, path = Path(spec).parent.parent.name or spec, spec
-        model, mcfg = load_model(path, map_location="cpu")
-        if mcfg.name != "sparse_transformer":
-            raise UserError(f"{path}: a {mcfg.name!r} checkpoint, expected a sparse_transformer genome model")
-        out.append((label, model.eval().to(device)))
+        model = from_pretrained(path)
+        if not _takes_genomes(type(model)):
+            raise UserError(f"{path}: a {model.cfg.name!r} model, expected a genome model (one that takes pid/allowed)")
+        out.append((label, model.to(device)))
     return out
 
 

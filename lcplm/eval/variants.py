@@ -95,36 +95,19 @@ class ScoringModel:
         return self.kind == "sparse_transformer"
 
 
-def _is_hf_esm_dir(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == "esm"
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return False
-
-
 def load_scoring_model(checkpoint: str | Path, random_init_seed: Optional[int] = None,
                        label: Optional[str] = None) -> ScoringModel:
-    """Every model file the suite reads, in one place (so it can move to
-    ``lcplm.models.io.from_pretrained`` in one edit): an lcplm ``.ckpt`` (BiMamba-S, the genome
-    transformer, or anything ``lcplm convert`` wrote), a released LC-PLM directory, or a Hugging
-    Face ESM-2 directory (converted in memory by :mod:`lcplm.models.convert_esm`). With
-    ``random_init_seed`` the architecture is kept and the weights are drawn afresh (seeded)."""
+    """Every model file the suite reads, through :func:`lcplm.models.io.from_pretrained`: a run's
+    ``.ckpt``, an lcplm model directory (``lcplm export``), a released LC-PLM directory, or a
+    Hugging Face ESM-2 directory (converted to the genome transformer). With ``random_init_seed``
+    the architecture is kept and the weights are drawn afresh (seeded)."""
     from lcplm.embed import load_encoder, random_encoder
 
     path = Path(checkpoint).expanduser()
     if not path.exists():
-        raise UserError(f"{path}: checkpoint not found (an lcplm .ckpt, an LC-PLM directory or a Hugging Face ESM-2 directory)")
-    if path.is_dir() and _is_hf_esm_dir(path):
-        from lcplm.models.convert_esm import load_hf_directory
-
-        model = load_hf_directory(path)
-        cfg, source = model.cfg, f"{path} (Hugging Face ESM-2, converted to the genome transformer)"
-    else:
-        model, cfg = load_encoder(path)
-        source = f"{path} ({getattr(cfg, 'name', type(model).__name__)})"
+        raise UserError(f"{path}: checkpoint not found (a run's .ckpt, a model directory, an LC-PLM or a Hugging Face ESM-2 directory)")
+    model, cfg = load_encoder(path)
+    source = f"{path} ({getattr(cfg, 'name', type(model).__name__)})"
     default_label = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
     if random_init_seed is not None:
         model = random_encoder(cfg, random_init_seed)

@@ -39,7 +39,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
@@ -70,7 +69,6 @@ class BiMambaConfig:
     scan_backend: str = "auto"  # auto | native | chunked | reference | cuda (lcplm.models.backends)
     chunk_size: int = 0  # chunked scan: steps per chunk; 0 = picked from the state size
     tie_embeddings: bool = False  # LM head shares the embedding matrix (LC-PLM unties them)
-    activation_checkpointing: bool = False  # recompute each block in backward (memory for time)
     initializer_range: float = 0.02  # std of the embedding initialisation
 
     def __post_init__(self) -> None:
@@ -295,18 +293,22 @@ class BiMambaEncoder(nn.Module):
         """input_ids: (B, L) padded with lengths (B,), or (1, T) packed with cu_seqlens -> (B, L, d)."""
         layout = SequenceLayout.build(input_ids, lengths, cu_seqlens)
         hidden, residual = self.embedding(input_ids), None
-        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            if recompute:
-                hidden, residual = checkpoint(layer, hidden, residual, layout, use_reentrant=False)
-            else:
-                hidden, residual = layer(hidden, residual, layout)
+            hidden, residual = layer(hidden, residual, layout)
         residual = hidden if residual is None else hidden + residual
         return layout.zero_padding(self.norm_f(residual.to(self.norm_f.weight.dtype)))
 
 
 class BiMambaLM(nn.Module):
     """BiMamba-S encoder + (untied by default) LM head: logits over the token vocabulary."""
+
+    config_class = BiMambaConfig
+    block_classes = (BiMambaBlock,)
+    # FSDP2 all-gathers in fp32 under bf16 mixed precision: A_log, D and the dt bias feed
+    # exp/softplus in the scan, where bf16 rounding (8-bit mantissa) shifts the decay rates;
+    # autocast still runs the matmuls in bf16
+    fsdp_param_dtype = None
+    keyword_inputs = ("lengths", "cu_seqlens")
 
     def __init__(self, cfg: BiMambaConfig):
         super().__init__()

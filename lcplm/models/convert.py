@@ -28,12 +28,14 @@ ours is exact, and LC-PLM -> ours -> LC-PLM is exact except rows 40..127 (unused
 
 LC-PLM has shared projections only: a model with ``share_projections: false`` is refused both
 ways with one line (``bidirectional_weight_tie: false`` configs are refused on import too).
+
+Reading goes through :mod:`lcplm.models.io` (``from_pretrained(LCPLM_DIR)``, which calls
+:func:`from_lcplm`); :func:`save_lcplm` writes the released layout through the same writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -43,7 +45,6 @@ from torch import Tensor
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.files import atomic_write_with
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 
 LCPLM_VOCAB = 128
@@ -52,6 +53,8 @@ _PREFIXES = ("bimamba.backbone.", "backbone.", "")
 _DIRECTION_KEYS = ("conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "A_log", "D")
 # ssm_cfg keys of mamba-ssm's Mamba that change no weight or forward computation we model
 _SSM_IGNORED = {"dt_init", "use_fast_path", "layer_idx"}
+# the released model's entry points, shipped by save_lcplm as pure-PyTorch code (lcplm/models/hf/)
+LCPLM_AUTO_MAP = {"AutoConfig": "configuration_lcplm.LcPlmConfig", "AutoModelForMaskedLM": "modeling_lcplm.LcPlmForMaskedLM"}
 _SSM_KEYS = {
     "d_state": "d_state",
     "d_conv": "d_conv",
@@ -64,63 +67,6 @@ _SSM_KEYS = {
     "conv_bias": "conv_bias",
     "bias": "bias",
 }
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def read_lcplm(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
-    """``(config.json as a dict, state dict)`` of an LC-PLM directory (or its weights file)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: not found")
-    directory = path if path.is_dir() else path.parent
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"{directory}: no config.json (expected an LC-PLM Hugging Face model directory)")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{cfg_file}: expected a JSON object")
-    if path.is_file():
-        weights = [path]
-    elif (directory / "model.safetensors").is_file():
-        weights = [directory / "model.safetensors"]
-    elif (directory / "model.safetensors.index.json").is_file():
-        index_file = directory / "model.safetensors.index.json"
-        try:
-            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{index_file}: not a safetensors index ({type(e).__name__})") from None
-        weights = [directory / s for s in shards]
-    elif (directory / "pytorch_model.bin").is_file():
-        weights = [directory / "pytorch_model.bin"]
-    else:
-        raise UserError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-    state: dict[str, Tensor] = {}
-    for w in weights:
-        state.update(_read_weights(w))
-    return config, state
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise UserError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UserError:
-        raise
-    except Exception as e:  # truncated or foreign file
-        raise UserError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise UserError(f"{path}: expected a flat state dict of tensors")
-    return state
 
 
 # ----------------------------------------------------------------------------- configs
@@ -175,10 +121,6 @@ def config_to_lcplm(cfg: BiMambaConfig, vocab_size: int = LCPLM_VOCAB) -> dict:
     """LC-PLM's config.json for our model (its modeling code reads these keys)."""
     return {
         "architectures": ["LcPlmForMaskedLM"],
-        "auto_map": {
-            "AutoConfig": "configuration_lcplm.LcPlmConfig",
-            "AutoModelForMaskedLM": "modeling_lcplm.LcPlmForMaskedLM",
-        },
         "model_type": "lc_plm",
         "d_model": cfg.d_model,
         "n_layer": cfg.n_layer,
@@ -358,55 +300,52 @@ def ours_state_to_lcplm(
 # ----------------------------------------------------------------------------- whole models
 
 
-def load_lcplm(path: str | Path, vocab_size: int = tokenizer.PADDED_VOCAB_SIZE, **overrides: Any) -> BiMambaLM:
-    """A :class:`BiMambaLM` holding the weights of an LC-PLM model directory (eval mode)."""
-    config, state = read_lcplm(path)
-    where = str(path)
-    cfg = config_from_lcplm(config, where=where, vocab_size=vocab_size, **overrides)
+def from_lcplm(config: Mapping[str, Any], state: Mapping[str, Tensor], where: str, **overrides: Any) -> tuple[BiMambaConfig, dict[str, Tensor]]:
+    """Our ``(BiMambaConfig, state dict)`` from an LC-PLM directory's config.json and weights
+    (the reader of ``model_type: lc_plm`` in :func:`lcplm.models.io.read_pretrained`).
+
+    ``overrides``: :class:`BiMambaConfig` fields; ``vocab_size`` (default ours) sets the rows kept.
+    """
+    name = overrides.pop("name", "bimamba")
+    if name != "bimamba":
+        raise UserError(f"{where}: LC-PLM's weights are a 'bimamba' (BiMamba-S) model, not {name!r}")
+    fields = {f.name for f in dataclasses.fields(BiMambaConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"{where}: {unknown[0]!r} is not a setting of 'bimamba' models")
+    overrides.setdefault("vocab_size", tokenizer.PADDED_VOCAB_SIZE)
+    cfg = config_from_lcplm(config, where=f"{where}/config.json", **overrides)
     rows = lcplm_vocab_rows(config)
     emb = next((state[p + "embedding.weight"] for p in _PREFIXES if p + "embedding.weight" in state), None)
     if emb is not None and tuple(emb.shape) != (rows, cfg.d_model):
         raise UserError(
             f"{where}: embedding.weight has shape {tuple(emb.shape)}, config.json implies ({rows}, {cfg.d_model})"
         )
-    model = BiMambaLM(cfg)
     sources: dict[str, str] = {}
     ours = lcplm_state_to_ours(state, cfg, where=where, sources=sources)
-    own = model.state_dict()
+    with torch.device("meta"):
+        own = BiMambaLM(cfg).state_dict()
     for key, value in ours.items():
         if tuple(value.shape) != tuple(own[key].shape):
             raise UserError(
                 f"{where}: weight {sources.get(key, key)!r} has shape {tuple(value.shape)}, "
                 f"config.json implies {tuple(own[key].shape)}"
             )
-    model.load_state_dict({k: v.float() for k, v in ours.items()})
-    return model.eval()
+    return cfg, ours
 
 
 def save_lcplm(model: BiMambaLM, out_dir: str | Path, vocab_size: int = LCPLM_VOCAB, prefix: str = LCPLM_PREFIX,
                duplicate_tied: bool = False, safetensors: bool = True) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) in LC-PLM's layout."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``model`` in LC-PLM's released layout (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``). With the released prefix the directory also gets the pure-PyTorch
+    modeling code its ``auto_map`` names (``LcPlmForMaskedLM``), so transformers loads it with
+    ``trust_remote_code=True``; other prefixes get no ``auto_map``. Returns the directory."""
+    from lcplm.models import io
+
     state = ours_state_to_lcplm(model.state_dict(), model.cfg, vocab_size, prefix, duplicate_tied)
-    (out_dir / "config.json").write_text(json.dumps(config_to_lcplm(model.cfg, vocab_size), indent=2) + "\n")
-    if safetensors:
-        from safetensors.torch import save_file
-
-        target = out_dir / "model.safetensors"
-        save_file(state, str(target), metadata={"format": "pt"})
-    else:
-        target = out_dir / "pytorch_model.bin"
-        torch.save(state, target)
-    return target
-
-
-def save_checkpoint(model: BiMambaLM, path: str | Path) -> Path:
-    """Write ``model`` as an lcplm checkpoint (what ``run.init_from`` and ``load_model`` read)."""
-    from lcplm.config import PretrainConfig, to_dict
-
-    config = to_dict(PretrainConfig(model=model.cfg))
-    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    atomic_write_with(path, lambda f: torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, f))
-    return path
+    config = config_to_lcplm(model.cfg, vocab_size)
+    files = {}
+    if prefix == LCPLM_PREFIX:
+        config["auto_map"] = dict(LCPLM_AUTO_MAP)
+        files = io.modeling_files()
+    return io.write_model_directory(out_dir, config, state, files=files, weights="safetensors" if safetensors else "bin")

@@ -27,17 +27,18 @@ refused: these models have rotary positions only.
 Export (:func:`save_hf_directory`) writes a directory that ``transformers.EsmForMaskedLM.
 from_pretrained`` and ``AutoTokenizer`` read without remote code: ``config.json``,
 ``model.safetensors`` (the rotary ``inv_freq`` buffers Hugging Face stores; ESM's contact head,
-which lcplm does not train, as zeros), and ESM-2's ``vocab.txt`` + tokenizer config.
+which lcplm does not train, as zeros), and ESM-2's ``vocab.txt`` + tokenizer config, through
+:func:`lcplm.models.io.write_model_directory` (``lcplm export SRC DIR --format hf-esm``, ``lcplm
+convert ours-to-esm``).
 
-``python -m lcplm.models.convert_esm HF_DIR OUT.ckpt [--model esm2]`` (also ``lcplm convert
-esm-to-genome`` / ``esm-to-esm2``) converts a local Hugging Face directory into an lcplm
-checkpoint that ``run.init_from`` and :func:`lcplm.train.checkpoint.load_model` read; ``lcplm
-convert ours-to-esm RUN.ckpt OUT_DIR`` goes back.
+Import: :func:`lcplm.models.io.from_pretrained` reads a Hugging Face ESM-2 directory
+(``model_type: esm``) through :func:`from_esm` (``name=esm2`` for the stage-1 model, the genome
+transformer by default), so ``run.init_from``, ``lcplm embed`` and the evaluations take it as it
+is; ``lcplm convert esm-to-genome`` / ``esm-to-esm2`` write it as an lcplm model directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -47,8 +48,8 @@ import torch
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.files import atomic_write_bytes, atomic_write_text, atomic_write_with
 from lcplm.models.esm2 import ESM2LM, ESM2Config
+from lcplm.models.io import error_line, write_model_directory
 from lcplm.models.sparse_transformer import ESM2StyleLM, SparseGenomeLM, SparseTransformerConfig
 
 ESM_VOCAB = 33
@@ -151,25 +152,24 @@ def from_hf_esm(hf_model: Any, model: str = "sparse_transformer", **overrides: A
     return _build(hf_model.config, hf_model.state_dict(), model, overrides)
 
 
-def load_hf_directory(path: str | Path, model: str = "sparse_transformer", **overrides: Any) -> ESM2StyleLM:
-    """Convert a local Hugging Face ESM-2 directory (no transformers import, no download)."""
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"{path}: no config.json (expected a Hugging Face ESM-2 model directory)")
+def from_esm(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str, **overrides: Any) -> tuple[ESMConfig, dict[str, torch.Tensor]]:
+    """Our ``(config, state dict)`` from an ESM-2 directory's config.json and weights (the reader
+    of ``model_type: esm`` in :func:`lcplm.models.io.read_pretrained`). ``name`` picks the target
+    (``sparse_transformer`` by default, or ``esm2``); other overrides are config fields."""
+    model = overrides.pop("name", "sparse_transformer")
+    if model not in TARGETS:
+        raise UserError(f"{where}: ESM-2 weights convert to {sorted(TARGETS)} models, not {model!r}")
+    fields = {f.name for f in dataclasses.fields(TARGETS[model][0])}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"{where}: {unknown[0]!r} is not a setting of {model!r} models")
     try:
-        hf_cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_file}: not valid JSON ({e})") from None
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(path / "model.safetensors"))
-    elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
-    return _build(hf_cfg, state, model, overrides)
+        cfg = config_from_hf(config, model, **overrides)
+        return cfg, convert_state_dict(state, cfg)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{where}/config.json: not an ESM-2 config ({error_line(e)})") from None
 
 
 # ----------------------------------------------------------------------------- ours -> Hugging Face
@@ -247,65 +247,19 @@ def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg: ESMConfig) -> dict[
 
 
 def save_hf_directory(model: ESM2StyleLM, out_dir: str | Path) -> Path:
-    """Write ``model`` as a Hugging Face ESM-2 directory (config, safetensors weights, tokenizer files)."""
-    from safetensors.torch import save as safetensors_bytes
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``model`` as a Hugging Face ESM-2 directory (config, safetensors weights, tokenizer
+    files); returns the directory."""
+    if not isinstance(model, ESM2StyleLM):
+        raise UserError(
+            f"a {model.cfg.name!r} model; only 'esm2' and 'sparse_transformer' export to ESM-2's layout"
+        )
+    files = {
+        "vocab.txt": "\n".join(tokenizer.ESM_TOKENS) + "\n",
+        "tokenizer_config.json": json.dumps({"tokenizer_class": "EsmTokenizer", "model_max_length": 1024}, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(
+            {"cls_token": "<cls>", "eos_token": "<eos>", "mask_token": "<mask>", "pad_token": "<pad>", "unk_token": "<unk>"},
+            indent=2,
+        ) + "\n",
+    }
     state = state_dict_to_hf(model.state_dict(), model.cfg)
-    atomic_write_text(out_dir / "config.json", json.dumps(config_to_hf(model.cfg), indent=2) + "\n")
-    atomic_write_bytes(out_dir / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt"}))
-    atomic_write_text(out_dir / "vocab.txt", "\n".join(tokenizer.ESM_TOKENS) + "\n")
-    atomic_write_text(
-        out_dir / "tokenizer_config.json",
-        json.dumps({"tokenizer_class": "EsmTokenizer", "model_max_length": 1024}, indent=2) + "\n",
-    )
-    atomic_write_text(
-        out_dir / "special_tokens_map.json",
-        json.dumps({"cls_token": "<cls>", "eos_token": "<eos>", "mask_token": "<mask>", "pad_token": "<pad>",
-                    "unk_token": "<unk>"}, indent=2) + "\n",
-    )
-    return out_dir / "model.safetensors"
-
-
-# ----------------------------------------------------------------------------- lcplm checkpoints
-
-
-def save_lcplm_checkpoint(model: ESM2StyleLM, path: str | Path) -> None:
-    """Write ``model`` as an lcplm checkpoint (what ``run.init_from`` and ``load_model`` read)."""
-    from lcplm.config import PretrainConfig, to_dict
-
-    # data as a plain {"name": ...}: models never import the (Lightning) datamodules
-    data = {"name": "genome"} if isinstance(model, SparseGenomeLM) else {"name": "fasta"}
-    config = to_dict(PretrainConfig(model=model.cfg, data=data))
-    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda f: torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, f))
-
-
-def main(argv: list[str], model: str | None = None, prog: str = "python -m lcplm.models.convert_esm") -> int:
-    """HF directory -> lcplm checkpoint; ``model`` fixes the target (else ``--model``)."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Convert a local Hugging Face ESM-2 directory into an lcplm checkpoint "
-        "(the genome transformer, or model.name esm2).",
-    )
-    p.add_argument("hf_dir", help="directory with config.json and model.safetensors / pytorch_model.bin")
-    p.add_argument("out", help="output .ckpt (use it as run.init_from)")
-    if model is None:
-        p.add_argument("--model", default="sparse_transformer", choices=sorted(TARGETS),
-                       help="target model (default %(default)s: the genome transformer)")
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "reference", "dense"])
-    ns = p.parse_args(argv)
-    net = load_hf_directory(ns.hf_dir, model or ns.model, attention_backend=ns.attention_backend)
-    save_lcplm_checkpoint(net, ns.out)
-    n = sum(t.numel() for t in net.parameters())
-    print(f"wrote {ns.out}: {net.cfg.name}, {net.cfg.num_layers} layers, hidden {net.cfg.hidden}, {n / 1e6:.1f}M parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    from lcplm.errors import run_module_main
-
-    run_module_main(main, "convert_esm")
+    return write_model_directory(out_dir, config_to_hf(model.cfg), state, files=files)

@@ -52,7 +52,6 @@ class ESM2Config:
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon (ESM-2)
     dropout: float = 0.0  # on the attention and FFN residual branches (ESM-2: 0)
     rotary_base: float = 10000.0  # rotary frequency base (ESM-2; Hugging Face fixes it at 10000)
-    activation_checkpointing: bool = False  # recompute each layer in backward (memory for time)
     attention_backend: str = "auto"  # auto | kernel | flex | dense | reference (lcplm.models.backends)
     init_std: float = 0.02  # normal init of linear and embedding weights
 
@@ -82,6 +81,9 @@ def packed_segments(cu_seqlens: Tensor, total: int, device: torch.device) -> tup
 class ESM2LM(ESM2StyleLM):
     """ESM-2 masked LM. forward(input_ids, lengths=None, cu_seqlens=None) -> logits (B, L, V);
     encode(...) -> hidden states after the final LayerNorm (B, L, hidden), zero at padding."""
+
+    config_class = ESM2Config
+    keyword_inputs = ("lengths", "cu_seqlens")
 
     def __init__(self, cfg: ESM2Config):
         super().__init__(cfg, min_vocab=ESM2_VOCAB)

@@ -35,7 +35,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
@@ -58,7 +57,6 @@ class SparseTransformerConfig:
     dropout: float = 0.0  # on the attention and FFN residual branches (ESM-2: 0)
     positions: str = "genome"  # rotary positions: genome (offset in the window) | protein
     rotary_base: float = 10000.0
-    activation_checkpointing: bool = False  # recompute each layer in backward (memory for time)
     attention_backend: str = "auto"  # auto | kernel (block-sparse) | flex (FlexAttention, same tiles) | dense (SDPA + L x L mask) | reference (tests)
     init_std: float = 0.02
 
@@ -164,8 +162,11 @@ class ESM2StyleLM(nn.Module):
     have the same parameter names, which ``lcplm.models.convert_esm`` maps to ESM-2's.
 
     ``cfg`` needs: num_layers, hidden, heads, ffn, vocab_size, tie_embeddings, token_dropout,
-    layer_norm_eps, dropout, rotary_base, activation_checkpointing, attention_backend, init_std.
+    layer_norm_eps, dropout, rotary_base, attention_backend, init_std.
     """
+
+    block_classes = (SparseTransformerBlock,)
+    fsdp_param_dtype = torch.bfloat16  # nothing precision-critical outside autocast's fp32 ops
 
     def __init__(self, cfg, min_vocab: int = tokenizer.VOCAB_SIZE):
         super().__init__()
@@ -233,10 +234,7 @@ class ESM2StyleLM(nn.Module):
         cos, sin = rotary_tables(positions, self.cfg.hidden // self.cfg.heads, self.cfg.rotary_base, x.dtype)
         layout = backends.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
         for layer in self.layers:
-            if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and mass is None:
-                x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, layout, mass)
+            x = layer(x, cos, sin, layout, mass)
         return self.final_norm(x)
 
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:
@@ -251,6 +249,9 @@ class SparseGenomeLM(ESM2StyleLM):
     Without ``pid`` each row is one protein (tokens before ``lengths``; ESM-2 on a batch of
     proteins); without ``allowed`` all pairs of proteins are allowed.
     """
+
+    config_class = SparseTransformerConfig
+    keyword_inputs = ("lengths", "pid", "allowed")
 
     def __init__(self, cfg: SparseTransformerConfig):
         if cfg.positions not in ("genome", "protein"):

@@ -47,7 +47,7 @@ class MLMTask(L.LightningModule):
         self.model = model
         self.optim_cfg = optim or OptimConfig()
         # The resolved experiment config (plain types only) travels in every checkpoint, so
-        # ``lcplm.train.checkpoint.load_model`` can rebuild the model with weights_only=True.
+        # ``lcplm.models.io.from_pretrained`` can rebuild the model with weights_only=True.
         self.save_hyperparameters({"config": config or {}})
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()

@@ -152,7 +152,7 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
 
     from lcplm.data.datamodules import build_datamodule
     from lcplm.models import build_model, parameter_line
-    from lcplm.tasks.mlm import MLMTask
+    from lcplm.tasks import task_class
     from lcplm.train.checkpoint import load_weights
 
     if cfg.trainer.num_threads > 0:
@@ -163,13 +163,13 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     model = build_model(cfg.model)
     rank_zero_info(parameter_line(model, cfg.model))  # one line, to size equal-parameter comparisons
     if cfg.run.init_from and ckpt_path is None:
-        if not Path(cfg.run.init_from).is_file():
+        if not Path(cfg.run.init_from).exists():  # a run's .ckpt or a model directory (lcplm.models.io)
             raise UserError(
                 f"run.init_from: checkpoint {cfg.run.init_from} not found; run the training that writes it first "
                 "(stage 2's default, experiments/graph/yeast_tiny.yaml, starts from `make pretrain`)"
             )
         load_weights(model, cfg.run.init_from)
-    task = MLMTask(model, cfg.optim, config=to_dict(cfg))
+    task = task_class(cfg.task.name)(model, cfg.optim, config=to_dict(cfg))
     trainer = build_trainer(cfg, out, extra_callbacks)
     if trainer.is_global_zero:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))

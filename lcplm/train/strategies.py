@@ -15,7 +15,9 @@ The "planned" strategies carry a :class:`ParallelPlan` and apply it in
 the process group exists, before optimisers are built): activation checkpointing per block
 (``checkpoint_wrapper``, non-reentrant; state-dict keys are unchanged so checkpoints load
 into unwrapped models) and, for FSDP2, sharding. A "block" is one residual layer of the model:
-the classes are listed per model in :data:`BLOCK_CLASSES`.
+each model class names its own (``block_classes``) and the dtype FSDP2 all-gathers its
+parameters in (``fsdp_param_dtype``), found through the registry (:func:`lcplm.models.model_class`).
+Activation checkpointing has one switch, ``trainer.activation_checkpointing``.
 
 Every strategy gets a bounded collective timeout (``trainer.collective_timeout_minutes``), so
 a rank that dies or hangs fails the job instead of blocking the others forever; local
@@ -27,7 +29,6 @@ cluster environment with Lightning's own requeue handler off, because
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
@@ -41,36 +42,10 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from torch import nn
 
 from lcplm.errors import UserError
+from lcplm.models import model_class
 from lcplm.train.checkpoint_io import AtomicCheckpointIO
 
-# model name -> the residual block classes that are wrapped (FSDP) and checkpointed
-BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
-    "bimamba": ("lcplm.models.bimamba:BiMambaBlock",),
-    "sparse_transformer": ("lcplm.models.sparse_transformer:SparseTransformerBlock",),
-    "esm2": ("lcplm.models.sparse_transformer:SparseTransformerBlock",),
-}
-
-# FSDP2 all-gathers parameters in this dtype under bf16 mixed precision. BiMamba-S keeps
-# fp32: its A_log, D and dt bias feed exp/softplus in the scan, where bf16 rounding (8-bit
-# mantissa) shifts the decay rates; autocast still runs its matmuls in bf16.
-FSDP2_PARAM_DTYPE: dict[str, Optional[torch.dtype]] = {
-    "bimamba": None,
-    "sparse_transformer": torch.bfloat16,
-    "esm2": torch.bfloat16,
-}
-
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp2")
-
-
-def block_classes(model_kind: str) -> tuple[type[nn.Module], ...]:
-    """The residual block classes of model ``model_kind`` (imported lazily)."""
-    if model_kind not in BLOCK_CLASSES:
-        raise UserError(f"model.name {model_kind!r} has no block classes for strategies; known: {sorted(BLOCK_CLASSES)}")
-    out = []
-    for target in BLOCK_CLASSES[model_kind]:
-        module, _, attr = target.partition(":")
-        out.append(getattr(importlib.import_module(module), attr))
-    return tuple(out)
 
 
 @dataclass
@@ -131,9 +106,7 @@ def _network(task: nn.Module) -> nn.Module:
 
 
 def _checkpoint_blocks(net: nn.Module, plan: ParallelPlan) -> None:
-    # a model that checkpoints its own layers (model.activation_checkpointing) is not
-    # wrapped again: nested checkpoints would recompute each block twice
-    if plan.activation_checkpointing and not getattr(getattr(net, "cfg", None), "activation_checkpointing", False):
+    if plan.activation_checkpointing:
         apply_activation_checkpointing(net, plan.blocks)
 
 
@@ -217,7 +190,7 @@ class FSDP2Strategy(_WatchParent, ModelParallelStrategy):
     Parameters, gradients and optimizer state are sharded across ranks; each block is its
     own FSDP unit, so only one block's full parameters exist at a time (plus the prefetched
     next one). Checkpoints are single full-state files written by rank 0 (through the
-    atomic CheckpointIO), which ``load_model`` and any world size can read.
+    atomic CheckpointIO), which ``lcplm.models.io.from_pretrained`` and any world size can read.
     """
 
     def __init__(self, plan: ParallelPlan, world_size: int, **kwargs: Any) -> None:
@@ -283,16 +256,16 @@ def build_strategy(trainer_cfg: Any, model: Any) -> tuple[Any, list[Any]]:
 
     ``model`` is the model config (anything with ``.name``) or the model name itself.
     """
-    kind = model if isinstance(model, str) else model.name
+    net = model_class(model if isinstance(model, str) else model.name)
     name = trainer_cfg.strategy
     if name not in STRATEGIES:
         raise UserError(f"trainer.strategy must be one of {list(STRATEGIES)}, got {name!r}")
     on_gpu = _on_gpu(trainer_cfg)
     world = int(trainer_cfg.devices) * int(trainer_cfg.num_nodes)
     plan = ParallelPlan(
-        blocks=block_classes(kind),
+        blocks=tuple(net.block_classes),
         activation_checkpointing=bool(trainer_cfg.activation_checkpointing),
-        fsdp2_param_dtype=FSDP2_PARAM_DTYPE.get(kind),
+        fsdp2_param_dtype=net.fsdp_param_dtype,
         bf16=_bf16(trainer_cfg),
     )
     plugins: list[Any] = [AtomicCheckpointIO(), *cluster_plugins()]

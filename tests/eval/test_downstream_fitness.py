@@ -20,13 +20,13 @@ ONLY_FITNESS = ["homology=[]", "function=[]", "ppi=[]"]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-    from lcplm.models.convert import save_checkpoint
+    from lcplm.models.io import save_pretrained
 
     torch.manual_seed(1)
     model = BiMambaLM(BiMambaConfig(d_model=32, n_layer=2, scan_backend="chunked"))
     with torch.no_grad():
         model.lm_head.weight.mul_(20)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+    return save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.mark.needs_shared_data

@@ -10,12 +10,13 @@ from downstream_fixtures import function_fixture, ppi_fixture, scop_records, wri
 from lcplm.config import load_config
 from lcplm.eval.downstream import DownstreamConfig, build_sources, evaluate
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-from lcplm.models.convert import save_checkpoint
+
+from conftest import write_run_checkpoint
 
 
 def _checkpoint(path, seed):
     torch.manual_seed(seed)
-    save_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1, d_state=4)), path)
+    write_run_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1, d_state=4)), path)
     return path
 
 

@@ -100,13 +100,14 @@ PARITY_ATOL = 2e-5
 
 @pytest.mark.parametrize("method", ["masked-marginal", "wt-marginal"])
 def test_converted_esm2_scores_equal_direct_esm_computation(method, tmp_path):
-    from lcplm.models.convert_esm import from_hf_esm, save_lcplm_checkpoint
+    from lcplm.models.convert_esm import from_hf_esm
+    from lcplm.models.io import save_pretrained
 
     hf = _random_hf_esm()
     want = _direct_marginals(hf, WT, MUTANTS, masked=method == "masked-marginal")
-    save_lcplm_checkpoint(from_hf_esm(hf, attention_backend="dense"), tmp_path / "esm.ckpt")
+    save_pretrained(from_hf_esm(hf, attention_backend="dense"), tmp_path / "esm")
     hf.save_pretrained(tmp_path / "hf")
-    for source in (tmp_path / "esm.ckpt", tmp_path / "hf"):  # our checkpoint, and the HF directory read directly
+    for source in (tmp_path / "esm", tmp_path / "hf"):  # our model directory, and the HF directory read directly
         sm = V.load_scoring_model(source)
         got = V.score_substitutions(sm, WT, _subs(MUTANTS), method, max_tokens=300).scores
         assert np.abs(want).max() > 0.5  # the scores are far from zero: the comparison has teeth

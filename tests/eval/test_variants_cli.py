@@ -37,13 +37,13 @@ def write_table(path: Path, rows=ROWS) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-    from lcplm.models.convert import save_checkpoint
+    from lcplm.models.io import save_pretrained
 
     torch.manual_seed(0)
     model = BiMambaLM(BiMambaConfig(d_model=32, n_layer=2, scan_backend="chunked"))
     with torch.no_grad():
         model.lm_head.weight.mul_(20)  # scores well away from zero
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+    return save_pretrained(model, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def run_ok(argv, capsys) -> str:
@@ -212,13 +212,12 @@ def test_bad_options_and_files_are_one_line(tmp_path, checkpoint, capsys):
 
 
 def test_genome_context_and_pseudo_ll_through_the_cli(tmp_path, capsys):
-    from lcplm.models.convert_esm import save_lcplm_checkpoint
+    from lcplm.models.io import save_pretrained
     from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
 
     torch.manual_seed(0)
     model = SparseGenomeLM(SparseTransformerConfig(hidden=32, heads=4, ffn=64, attention_backend="dense", init_std=0.3))
-    ckpt = tmp_path / "genome.ckpt"
-    save_lcplm_checkpoint(model, ckpt)
+    ckpt = save_pretrained(model, tmp_path / "genome")
     genome = tmp_path / "phage.faa"  # one genome (the whole file), proteins in file order
     genome.write_text(f">p0\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n>target\n{WT}\n>p2\nMADEEKLPPGWEKRMSRSSGRVYYFNHITNASQWERPSG\n")
     table = write_table(tmp_path / "A.csv", rows=ROWS[:4])

@@ -136,11 +136,16 @@ def test_scan_backends_agree(backend):
 
 
 def test_activation_checkpointing_gives_identical_gradients():
+    """trainer.activation_checkpointing's per-block recomputation (the model has no switch of its own)."""
+    from lcplm.train.strategies import apply_activation_checkpointing
+
     seqs = random_ids([25, 14], seed=4)
     ids, lengths = padded(seqs)
     grads = []
     for ckpt in (False, True):
-        model = tiny(activation_checkpointing=ckpt).train()
+        model = tiny().train()
+        if ckpt:
+            assert apply_activation_checkpointing(model, BiMambaLM.block_classes) == model.cfg.n_layer
         model(ids, lengths=lengths).square().mean().backward()
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):

@@ -103,6 +103,7 @@ def test_tiny_unshared_matches_the_tiny_size_and_shares_its_recipe():
 
 def test_lcplm_converter_refuses_unshared(tmp_path):
     from lcplm.models import convert
+    from lcplm.models.io import from_pretrained
 
     model = _model(False)
     with pytest.raises(UserError, match="share_projections is false: LC-PLM's format has shared"):
@@ -111,5 +112,5 @@ def test_lcplm_converter_refuses_unshared(tmp_path):
     shared = _model(True)
     convert.save_lcplm(shared, tmp_path / "shared")
     with pytest.raises(UserError, match="share_projections is false"):
-        convert.load_lcplm(tmp_path / "shared", share_projections=False)
-    assert isinstance(convert.load_lcplm(tmp_path / "shared"), BiMambaLM)
+        from_pretrained(tmp_path / "shared", share_projections=False)
+    assert isinstance(from_pretrained(tmp_path / "shared"), BiMambaLM)

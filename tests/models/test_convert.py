@@ -22,6 +22,7 @@ from lcplm.__main__ import main as cli
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
 from lcplm.models import convert
+from lcplm.models.io import from_pretrained
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 from lcplm.models.ssm import selective_scan_ref
 
@@ -179,7 +180,7 @@ def test_released_layout_directory_loads(tmp_path):
     ref = ref_model()
     for fmt in ("safetensors", "bin"):
         d = write_release(tmp_path / fmt, ref, ref_config(), fmt)
-        model = convert.load_lcplm(d, scan_backend="reference")
+        model = from_pretrained(d, scan_backend="reference")
         with torch.no_grad():
             torch.testing.assert_close(model(ids_batch()), ref(ids_batch())[..., :40], rtol=0, atol=1e-5)
 
@@ -193,7 +194,7 @@ def test_round_trip_ours_to_lcplm_to_ours_is_exact(tmp_path):
     for k in state:
         assert torch.equal(back[k], state[k]), k
     convert.save_lcplm(model, tmp_path / "export")
-    reloaded = convert.load_lcplm(tmp_path / "export")
+    reloaded = from_pretrained(tmp_path / "export")
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert reloaded.cfg.bias and reloaded.cfg.d_state == D_STATE
@@ -263,18 +264,16 @@ def test_untied_reverse_projection_is_refused():
 def test_cli_round_trip(tmp_path, capsys):
     ref = ref_model()
     src = write_release(tmp_path / "release", ref, ref_config())
-    ckpt = tmp_path / "ours.ckpt"
-    assert cli(["convert", "lcplm-to-ours", str(src), str(ckpt), "--scan-backend", "reference"]) == 0
-    from lcplm.train.checkpoint import load_model
-
-    model, cfg = load_model(ckpt)
-    assert cfg.scan_backend == "reference"
+    ours = tmp_path / "ours"
+    assert cli(["convert", "lcplm-to-ours", str(src), str(ours), "--scan-backend", "reference"]) == 0
+    model = from_pretrained(ours)
+    assert model.cfg.scan_backend == "reference"
     with torch.no_grad():
         torch.testing.assert_close(model(ids_batch()), ref(ids_batch())[..., :40], rtol=0, atol=1e-5)
     out = tmp_path / "export"
-    assert cli(["convert", "ours-to-lcplm", str(ckpt), str(out)]) == 0
+    assert cli(["convert", "ours-to-lcplm", str(ours), str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
-    again = convert.load_lcplm(out)
+    again = from_pretrained(out)
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
     assert "wrote" in capsys.readouterr().out
@@ -288,7 +287,7 @@ def _cli_error(argv, capsys) -> str:
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    out = str(tmp_path / "o.ckpt")
+    out = str(tmp_path / "o")
     assert "not found" in _cli_error(["convert", "lcplm-to-ours", str(tmp_path / "nope"), out], capsys)
     (tmp_path / "empty").mkdir()
     assert "config.json" in _cli_error(["convert", "lcplm-to-ours", str(tmp_path / "empty"), out], capsys)

@@ -93,7 +93,8 @@ def test_padded_batch_logits_equal_hf_esm2_on_each_protein(tie):
 
 def test_round_trips_with_hf_are_exact(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from lcplm.models.convert_esm import config_to_hf, from_hf_esm, load_hf_directory, save_hf_directory, state_dict_to_hf
+    from lcplm.models.convert_esm import config_to_hf, from_hf_esm, save_hf_directory, state_dict_to_hf
+    from lcplm.models.io import from_pretrained
 
     hf = _random_hf_esm()
     ours = from_hf_esm(hf, model="esm2", attention_backend="dense")
@@ -119,7 +120,7 @@ def test_round_trips_with_hf_are_exact(tmp_path):
     # ours -> HF -> ours: a freshly initialised esm2 model comes back exactly
     fresh = _tiny(attention_backend="dense")
     save_hf_directory(fresh, tmp_path / "fresh")
-    loaded = load_hf_directory(tmp_path / "fresh", model="esm2", attention_backend="dense")
+    loaded = from_pretrained(tmp_path / "fresh", name="esm2", attention_backend="dense")
     assert loaded.state_dict().keys() == fresh.state_dict().keys()
     for k, v in fresh.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
@@ -199,12 +200,13 @@ def test_params_command_prints_the_count(capsys):
 
 
 def test_strategies_know_the_esm2_blocks():
+    from lcplm.models import model_class
     from lcplm.models.sparse_transformer import SparseTransformerBlock
-    from lcplm.train.strategies import apply_activation_checkpointing, block_classes
+    from lcplm.train.strategies import apply_activation_checkpointing
 
-    assert block_classes("esm2") == (SparseTransformerBlock,)
+    assert model_class("esm2").block_classes == (SparseTransformerBlock,)
     model = _tiny()
-    assert apply_activation_checkpointing(model, block_classes("esm2")) == 2
+    assert apply_activation_checkpointing(model, model_class("esm2").block_classes) == 2
     ids, lengths = tokenizer.pad_batch(_masked(PROTEINS), 8)
     assert torch.isfinite(model(ids, lengths=lengths)).all()
 
@@ -250,16 +252,17 @@ def test_pretrain_resume_checkpoint_and_embed(tmp_path, pack, monkeypatch):
 def test_convert_commands_both_ways(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     from lcplm.__main__ import main
-    from lcplm.models.convert_esm import save_lcplm_checkpoint
-    from lcplm.train.checkpoint import load_model
+    from lcplm.models.io import from_pretrained
+
+    from conftest import write_run_checkpoint
 
     model = _tiny(attention_backend="dense")
-    save_lcplm_checkpoint(model, tmp_path / "ours.ckpt")
+    write_run_checkpoint(model, tmp_path / "ours.ckpt")
     assert main(["convert", "ours-to-esm", str(tmp_path / "ours.ckpt"), str(tmp_path / "hf")]) == 0
     hf = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    assert main(["convert", "esm-to-esm2", str(tmp_path / "hf"), str(tmp_path / "back.ckpt"), "--attention-backend", "dense"]) == 0
-    back, cfg = load_model(tmp_path / "back.ckpt")
-    assert isinstance(back, ESM2LM) and cfg.name == "esm2"
+    assert main(["convert", "esm-to-esm2", str(tmp_path / "hf"), str(tmp_path / "back"), "--attention-backend", "dense"]) == 0
+    back = from_pretrained(tmp_path / "back")
+    assert isinstance(back, ESM2LM) and back.cfg.name == "esm2"
     seqs = _masked(PROTEINS)
     with torch.no_grad():
         for s in seqs:
@@ -269,8 +272,7 @@ def test_convert_commands_both_ways(tmp_path, capsys):
     assert "esm2, 2 layers" in capsys.readouterr().out
     # a BiMamba checkpoint is not an ESM-2: one line
     from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-    from lcplm.models.convert import save_checkpoint
 
-    save_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1)), tmp_path / "bimamba.ckpt")
+    write_run_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1)), tmp_path / "bimamba.ckpt")
     assert main(["convert", "ours-to-esm", str(tmp_path / "bimamba.ckpt"), str(tmp_path / "x")]) == 2
     assert "only 'esm2' and 'sparse_transformer'" in capsys.readouterr().err

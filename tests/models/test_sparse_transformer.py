@@ -165,12 +165,13 @@ def test_single_protein_equals_esm2_on_every_protein_of_a_window(backend, positi
 
 
 def test_esm2_conversion_from_directory_and_refusals(tmp_path):
-    from lcplm.models.convert_esm import config_from_hf, from_hf_esm, load_hf_directory, main, save_lcplm_checkpoint
-    from lcplm.train.checkpoint import load_model
+    from lcplm.__main__ import main as cli
+    from lcplm.models.convert_esm import config_from_hf, from_hf_esm
+    from lcplm.models.io import from_pretrained
 
     hf = _random_hf_esm()
     hf.save_pretrained(tmp_path / "hf")  # safetensors + config.json, no network
-    ours = load_hf_directory(tmp_path / "hf", attention_backend="dense")
+    ours = from_pretrained(tmp_path / "hf", attention_backend="dense")
     ref = from_hf_esm(hf, attention_backend="dense")
     ids = tokenizer.encode(PROTEIN[:30])[None]
     with torch.no_grad():
@@ -178,20 +179,22 @@ def test_esm2_conversion_from_directory_and_refusals(tmp_path):
     # <sep> starts as ESM-2's <eos>; the graph tokens as zeros
     assert torch.equal(ours.embed.weight[tokenizer.SEP], ours.embed.weight[tokenizer.EOS])
     assert not ours.embed.weight[tokenizer.BON].any()
-    # an lcplm checkpoint that load_model (and run.init_from) reads back
-    assert main([str(tmp_path / "hf"), str(tmp_path / "esm.ckpt"), "--attention-backend", "dense"]) == 0
-    back, cfg = load_model(tmp_path / "esm.ckpt")
-    assert cfg.hidden == 64 and cfg.num_layers == 3
+    # an lcplm model directory that from_pretrained (and run.init_from) reads back
+    out = tmp_path / "esm_genome"
+    assert cli(["convert", "esm-to-genome", str(tmp_path / "hf"), str(out), "--attention-backend", "dense"]) == 0
+    back = from_pretrained(out)
+    assert back.cfg.hidden == 64 and back.cfg.num_layers == 3 and back.cfg.attention_backend == "dense"
     with torch.no_grad():
         torch.testing.assert_close(back(ids), ref(ids), rtol=0, atol=0)
-    save_lcplm_checkpoint(ref, tmp_path / "again.ckpt")
     bad = hf.config.to_dict() | {"position_embedding_type": "absolute"}
     with pytest.raises(UserError, match="rotary"):
         config_from_hf(bad)
     with pytest.raises(UserError, match="emb_layer_norm_before"):
         config_from_hf(hf.config.to_dict() | {"emb_layer_norm_before": True})
     with pytest.raises(UserError, match="config.json"):
-        load_hf_directory(tmp_path)
+        from_pretrained(tmp_path)
+    with pytest.raises(UserError, match="not 'bimamba'"):
+        from_pretrained(tmp_path / "hf", name="bimamba")
 
 
 # ----------------------------------------------------------------------------- backends
@@ -300,10 +303,15 @@ def test_padding_does_not_leak_and_positions_modes():
 
 
 def test_activation_checkpointing_same_loss_and_gradients():
+    """trainer.activation_checkpointing's per-block recomputation over the block-sparse kernel."""
+    from lcplm.train.strategies import apply_activation_checkpointing
+
     batch = _batch([_genome([40, 50, 30], "c", 6)], lambda n: window_allowed(n, 1))
     grads = []
     for ckpt in (False, True):
-        model = _tiny(attention_backend="kernel", activation_checkpointing=ckpt).train()
+        model = _tiny(attention_backend="kernel").train()
+        if ckpt:
+            assert apply_activation_checkpointing(model, SparseGenomeLM.block_classes) == model.cfg.num_layers
         loss = model(**batch).pow(2).mean()
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))

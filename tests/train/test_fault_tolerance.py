@@ -120,11 +120,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Pat
     r = run_worker([str(exp), "--fault", "nan", "--at", "4"])
     assert r.returncode != 0
     assert "FloatingPointError: training loss is nan at global step 4" in r.stderr
-    from lcplm.train.checkpoint import load_model
+    from lcplm.models.io import from_pretrained
 
     last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
-    model, _ = load_model(last)
+    model = from_pretrained(last)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

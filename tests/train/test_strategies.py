@@ -19,7 +19,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from lcplm.config import TrainerConfig, load_config
 from lcplm.errors import UserError
-from lcplm.models import build_model
+from lcplm.models import build_model, model_class
 from lcplm.train.checkpoint_io import AtomicCheckpointIO
 from lcplm.train.strategies import (
     FSDP2Strategy,
@@ -27,7 +27,6 @@ from lcplm.train.strategies import (
     PlannedFSDPStrategy,
     PlannedSingleDeviceStrategy,
     apply_activation_checkpointing,
-    block_classes,
     build_strategy,
     find_blocks,
 )
@@ -57,7 +56,7 @@ def test_presets_build_their_strategy(path: Path, monkeypatch):
     expected = {"auto": PlannedSingleDeviceStrategy, "ddp": PlannedDDPStrategy, "fsdp": PlannedFSDPStrategy, "fsdp2": FSDP2Strategy}
     assert isinstance(strategy, expected[t.strategy])
     if t.strategy == "fsdp":
-        blocks = set(block_classes("bimamba"))
+        blocks = set(model_class("bimamba").block_classes)
         assert strategy.kwargs["auto_wrap_policy"]._module_classes == blocks
         assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == blocks
     assert strategy.plan.activation_checkpointing == t.activation_checkpointing
@@ -90,7 +89,7 @@ def test_activation_checkpointing_keeps_outputs_grads_and_state_dict_keys(kind: 
     model = _tiny_model(kind)
     ref = _tiny_model(kind)
     ref.load_state_dict(model.state_dict())
-    classes = block_classes(kind)
+    classes = model_class(kind).block_classes
     n_blocks = len(find_blocks(model, classes))
     assert n_blocks >= 2
     assert apply_activation_checkpointing(model, classes) == n_blocks
