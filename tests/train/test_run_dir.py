@@ -50,10 +50,10 @@ def _history(run: Path) -> list[dict]:
 
 # -- the lock ------------------------------------------------------------------------------
 
-def RunLock(directory):
-    from lcplm.train.run_dir import RunLock as lock
+def _run_lock(directory: Path):
+    from lcplm.train.run_dir import RunLock
 
-    return lock(directory)
+    return RunLock(directory)
 
 
 _HOLD_LOCK = """
@@ -83,12 +83,12 @@ def test_a_locked_run_directory_is_refused_naming_the_holder_and_a_killed_holder
         holder.wait()
     # killed without releasing: its record is still in the file, the kernel dropped the lock
     assert json.loads((run / ".lock").read_text())["pid"] == holder.pid
-    lock = RunLock(run).acquire()
+    lock = _run_lock(run).acquire()
     assert lock.stale is not None and lock.stale["pid"] == holder.pid
     assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
     lock.release()
     assert (run / ".lock").read_text() == ""  # released: the file stays, empty
-    RunLock(run).acquire().release()
+    _run_lock(run).acquire().release()
 
 
 def test_without_flock_an_exclusive_file_locks_and_a_dead_local_holder_is_stale(tmp_path: Path, monkeypatch):
@@ -98,14 +98,14 @@ def test_without_flock_an_exclusive_file_locks_and_a_dead_local_holder_is_stale(
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
-    first = RunLock(tmp_path).acquire()
+    first = _run_lock(tmp_path).acquire()
     with pytest.raises(Exception, match=f"in use by pid {os.getpid()} .*no file locks: if that process is gone, delete"):
-        RunLock(tmp_path).acquire()
+        _run_lock(tmp_path).acquire()
     first.release()
     assert not (tmp_path / ".lock.held").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / ".lock.held").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "x"}))
-    again = RunLock(tmp_path).acquire()
+    again = _run_lock(tmp_path).acquire()
     assert again.stale["pid"] == int(dead.stdout)
     again.release()
 
@@ -450,3 +450,24 @@ def test_a_genome_set_without_a_held_out_genome_trains_without_validation(tmp_pa
     assert rc == 0
     res = json.loads((tmp_path / "genome_tiny_single_protein" / "results.json").read_text())
     assert res["global_step"] == 2 and res["val_loss"] is None
+
+
+def test_validation_and_checkpoint_intervals_count_optimizer_steps_under_accumulation(tmp_path: Path):
+    from lightning.pytorch.callbacks import Callback
+
+    from lcplm.config import PretrainConfig, load_config
+    from lcplm.train.run import train
+
+    class ValidationSteps(Callback):
+        def __init__(self):
+            self.steps: list[int] = []
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.steps.append(trainer.global_step)
+
+    seen = ValidationSteps()
+    exp = write_experiment(tmp_path)  # val_check_interval 3, save_every_n_steps 3, max_steps 6
+    train(load_config(exp, ["trainer.accumulate_grad_batches=2"], PretrainConfig), extra_callbacks=[seen])
+    assert seen.steps[:2] == [3, 6]  # (then the final validation of the finished run)
+    assert _ckpt_names(tmp_path / "runs" / "run") == ["best.ckpt", "last.ckpt", "step0000006.ckpt"]
