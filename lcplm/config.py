@@ -94,7 +94,7 @@ class OptimConfig:
 class TrainerConfig:
     """What Lightning's Trainer receives (strategy presets live in experiments/trainer/)."""
 
-    max_steps: int = 1000  # optimizer steps; -1: no limit (then max_epochs or max_time_minutes ends the run)
+    max_steps: int = 1000  # optimizer steps; -1: no limit (max_epochs, max_time_minutes or a signal ends the run)
     max_epochs: int = -1  # -1: no limit
     max_time_minutes: Optional[float] = None  # stop (and checkpoint) after this wall time
     val_check_interval: int = 200  # optimizer steps between validations
@@ -131,8 +131,6 @@ class TrainerConfig:
             ("collective_timeout_minutes", _finite(self.collective_timeout_minutes)
              and self.collective_timeout_minutes > 0, "a finite number > 0"),
         ], self)
-        if self.max_steps == -1 and self.max_epochs == -1 and self.max_time_minutes is None:
-            raise UserError("trainer: max_steps, max_epochs and max_time_minutes are all unlimited; set one of them")
 
 
 @dataclass

@@ -58,12 +58,6 @@ def test_out_of_range_values_are_one_line_naming_the_key(capsys, tmp_path: Path,
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_everything_unlimited_is_refused(capsys, tmp_path: Path):
-    err = _one_line(capsys, ["pretrain", str(TINY), "trainer.max_steps=-1", "trainer.max_time_minutes=null",
-                             f"run.out_dir={tmp_path}"])
-    assert "max_steps, max_epochs and max_time_minutes are all unlimited" in err
-
-
 @pytest.mark.parametrize("value", ["42", "{a: 1}", "[1, 2]", "['']"])
 def test_include_must_be_paths(tmp_path: Path, value: str):
     exp = tmp_path / "e.yaml"
