@@ -3,8 +3,10 @@
 ``load_config(path, overrides, schema)`` reads a YAML file, first merging the files listed
 under its ``include:`` key (paths relative to the including file, applied in order, each
 one's own includes first), then the file's body, then ``key=value`` overrides from the CLI.
-The result is validated against ``schema``: an unknown key or a value of the wrong type is a
-:class:`~lcplm.errors.UserError` naming the key and the file.
+The result is validated against ``schema``: an unknown key, a value of the wrong type, a number
+outside its range, a non-finite number (NaN, inf) anywhere, or a word outside its choices is a
+:class:`~lcplm.errors.UserError` naming the key and the file. Ranges and choices are checked in
+each dataclass's ``__post_init__`` (:func:`check_ranges`), so a config built in code is checked too.
 
 Polymorphic sections (``model``, ``data``) carry a ``name`` that picks their dataclass from
 :data:`SECTION_SCHEMAS`; the dataclass lives beside the code it configures and is imported
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +38,25 @@ SECTION_SCHEMAS: dict[str, dict[str, str]] = {
         "genome": "lcplm.data.datamodules.genome:GenomeDataConfig",
     },
 }
+
+
+# what a run directory's config.yaml holds besides the config: its segments (lcplm.train.run_dir)
+RUN_HISTORY_KEY = "history"
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "fsdp", "fsdp2")
+PRECISIONS = ("auto", "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+
+
+def check_ranges(section: str, checks: list[tuple[str, bool, str]], obj: Any) -> None:
+    """Raise a one-line UserError for the first ``(key, ok, wanted)`` that is not ok."""
+    for key, ok, want in checks:
+        if not ok:
+            raise UserError(f"{section}.{key} must be {want}, got {getattr(obj, key)!r}")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _import(target: str) -> Any:
@@ -57,16 +79,27 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
 
+    def __post_init__(self) -> None:
+        check_ranges("optim", [
+            ("lr", _finite(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("weight_decay", _finite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            ("betas", len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            ("eps", _finite(self.eps) and self.eps > 0, "a finite number > 0"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("min_lr_ratio", _finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("grad_clip", _finite(self.grad_clip) and self.grad_clip >= 0, "a finite number >= 0 (0: no clipping)"),
+        ], self)
+
 
 @dataclass
 class TrainerConfig:
     """What Lightning's Trainer receives (strategy presets live in experiments/trainer/)."""
 
-    max_steps: int = 1000
-    max_epochs: int = -1
+    max_steps: int = 1000  # optimizer steps; -1: no limit (max_epochs, max_time_minutes or a signal ends the run)
+    max_epochs: int = -1  # -1: no limit
     max_time_minutes: Optional[float] = None  # stop (and checkpoint) after this wall time
     val_check_interval: int = 200  # optimizer steps between validations
-    limit_val_batches: int = 50
+    limit_val_batches: int = 50  # batches per validation; 0 disables validation
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1
     num_nodes: int = 1
@@ -80,6 +113,26 @@ class TrainerConfig:
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
     collective_timeout_minutes: float = 10.0  # a collective waiting longer (dead or hung rank) fails the job
 
+    def __post_init__(self) -> None:
+        check_ranges("trainer", [
+            ("max_steps", self.max_steps == -1 or self.max_steps >= 1, ">= 1, or -1 for no limit"),
+            ("max_epochs", self.max_epochs == -1 or self.max_epochs >= 1, ">= 1, or -1 for no limit"),
+            ("max_time_minutes", self.max_time_minutes is None
+             or (_finite(self.max_time_minutes) and self.max_time_minutes > 0), "a finite number > 0, or null"),
+            ("val_check_interval", self.val_check_interval >= 1, ">= 1 (optimizer steps)"),
+            ("limit_val_batches", self.limit_val_batches >= 0, ">= 0 (0: no validation)"),
+            ("accelerator", self.accelerator in ACCELERATORS, f"one of {list(ACCELERATORS)}"),
+            ("devices", self.devices >= 1, ">= 1"),
+            ("num_nodes", self.num_nodes >= 1, ">= 1"),
+            ("strategy", self.strategy in STRATEGIES, f"one of {list(STRATEGIES)}"),
+            ("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
+            ("accumulate_grad_batches", self.accumulate_grad_batches >= 1, ">= 1"),
+            ("log_every_n_steps", self.log_every_n_steps >= 1, ">= 1"),
+            ("num_threads", self.num_threads >= 0, ">= 0 (0: torch's default)"),
+            ("collective_timeout_minutes", _finite(self.collective_timeout_minutes)
+             and self.collective_timeout_minutes > 0, "a finite number > 0"),
+        ], self)
+
 
 @dataclass
 class RunConfig:
@@ -89,7 +142,16 @@ class RunConfig:
     resume: bool = False  # continue from <run dir>/checkpoints/last.ckpt (same as --resume)
     overwrite: bool = False  # allow a fresh run into a run directory that already has checkpoints
     init_from: Optional[str] = None  # load model weights (not optimiser state) from any model file (lcplm.models.io)
-    save_every_n_steps: int = 200
+    save_every_n_steps: int = 200  # optimizer steps between periodic checkpoints (last.ckpt and step<N>.ckpt)
+
+    def __post_init__(self) -> None:
+        check_ranges("run", [
+            ("out_dir", bool(self.out_dir), "a folder"),
+            ("name", bool(self.name) and self.name not in (".", "..") and "/" not in self.name, "a name without '/'"),
+            ("seed", self.seed >= 0, ">= 0"),
+            ("init_from", self.init_from is None or bool(self.init_from), "a checkpoint path, or null"),
+            ("save_every_n_steps", self.save_every_n_steps >= 1, ">= 1"),
+        ], self)
 
 
 @dataclass
@@ -130,32 +192,58 @@ def _read_yaml(path: Path, stack: tuple[Path, ...] = ()) -> DictConfig:
     includes = cfg.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, (list, ListConfig)) or not all(isinstance(i, str) and i for i in includes):
+        raise UserError(f"{path}: 'include' must be a file path or a list of file paths, got {includes!r}")
     merged = OmegaConf.create({})
     for inc in includes:
         merged = OmegaConf.merge(merged, _read_yaml(path.parent / str(inc), stack + (path,)))
     return OmegaConf.merge(merged, cfg)
 
 
-def _validate_section(schema: type, raw: Any, where: str) -> Any:
-    """Merge ``raw`` onto the dataclass defaults; return a dataclass instance."""
+def _validate_section(schema: type, raw: Any, where: str, file: str) -> Any:
+    """Merge ``raw`` onto the dataclass defaults; return a dataclass instance (its
+    ``__post_init__`` checks ranges; ``file`` prefixes those messages)."""
     try:
         base = OmegaConf.structured(schema)
         merged = OmegaConf.merge(base, raw if raw is not None else {})
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
-        msg = str(e).splitlines()[0]
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"{where}: {msg}" + (f" (key '{key}')" if key and key not in msg else "")) from None
+    except UserError as e:
+        raise UserError(f"{file}: {e}") from None
+
+
+def _check_finite(obj: Any, key: str, file: str) -> None:
+    """No NaN or inf in any number of any section (a NaN passes every range comparison as False,
+    an inf is never a sensible setting)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise UserError(f"{file}: {key} must be a finite number, got {obj}")
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            _check_finite(getattr(obj, f.name), f"{key}.{f.name}" if key else f.name, file)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{key}.{i}", file)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{key}.{k}", file)
 
 
 def validate(schema: type, cfg: DictConfig | dict, where: str = "config") -> Any:
     """Validate a raw config against ``schema``, resolving polymorphic sections by ``name``."""
-    raw = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False) if not isinstance(cfg, dict) else dict(cfg)
+    if isinstance(cfg, dict):
+        raw = dict(cfg)
+    else:
+        raw = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False) if isinstance(cfg, DictConfig) else cfg
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of config sections, got {type(raw).__name__}")
     poly = {}
     for f in dataclasses.fields(schema):
         if f.name in SECTION_SCHEMAS and f.name in raw:
             poly[f.name] = raw.pop(f.name)
-    obj = _validate_section(schema, raw, where)
+    obj = _validate_section(schema, raw, where, where)
     for section, sub in poly.items():
         if not isinstance(sub, dict):
             raise UserError(f"{where}: '{section}' must be a mapping, got {sub!r}")
@@ -166,7 +254,7 @@ def validate(schema: type, cfg: DictConfig | dict, where: str = "config") -> Any
                 f"{where}: '{section}.name' must be one of {sorted(choices)}, got {name!r}"
             )
         sub_schema = _import(choices[name])
-        value = _validate_section(sub_schema, sub, f"{where}: {section}")
+        value = _validate_section(sub_schema, sub, f"{where}: {section}", where)
         setattr(obj, section, value)
     # sections that were not given at all still get their dataclass defaults
     for section in SECTION_SCHEMAS:
@@ -174,7 +262,8 @@ def validate(schema: type, cfg: DictConfig | dict, where: str = "config") -> Any
             sub = getattr(obj, section)
             name = sub.get("name")
             if name in SECTION_SCHEMAS[section]:
-                setattr(obj, section, _validate_section(_import(SECTION_SCHEMAS[section][name]), sub, where))
+                setattr(obj, section, _validate_section(_import(SECTION_SCHEMAS[section][name]), sub, where, where))
+    _check_finite(obj, "", where)
     return obj
 
 
@@ -205,6 +294,8 @@ def split_file_and_overrides(args: list[str], what: str = "EXPERIMENT.yaml") -> 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = PretrainConfig) -> Any:
     """Read ``path`` (with includes), apply ``overrides`` and validate against ``schema``."""
     cfg = _read_yaml(Path(path)) if path is not None else OmegaConf.create({})
+    if schema is PretrainConfig:
+        cfg.pop(RUN_HISTORY_KEY, None)  # a run directory's record of its segments, not a setting
     if overrides:
         try:
             cfg = OmegaConf.merge(cfg, parse_overrides(overrides))

@@ -4,7 +4,7 @@ A write goes to a uniquely named temporary file in the target's folder (``.<name
 so two processes never share one), is flushed and fsynced, then ``os.replace``d over the target,
 and the folder is fsynced. A reader therefore sees the old file or the new one, never a mix,
 whatever kills the writer; a failed write removes its temporary file and leaves the target as it
-was, and the next write of a target removes the temporary files of killed writers. A full disk becomes a :class:`~lcplm.errors.UserError` naming the path (the old file stays).
+was, and the next write of a target removes the temporary files of killed writers. A full disk becomes a :class:`~lcplm.errors.UserError` naming the path and the space needed (the old file stays).
 
 Bottom layer: imports only the standard library and :mod:`lcplm.errors`, so data, models, tasks,
 train and eval may all use it.
@@ -38,15 +38,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_pid(tmp: Path, target_name: str) -> int | None:
+    """The pid in a temporary name ``.<target_name>.<pid>.<hex>.tmp`` (None if it is not one)."""
+    parts = tmp.name[len(target_name) + 2 : -len(".tmp")].split(".")
+    return int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
+
+
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Delete temporary files of ``path`` left by writers that were killed (their pid is gone)."""
     p = Path(path)
     removed = []
     for tmp in p.parent.glob(f".{p.name}.*.tmp"):
-        parts = tmp.name[len(p.name) + 2 : -len(".tmp")].split(".")
-        if len(parts) == 2 and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+        pid = _writer_pid(tmp, p.name)
+        if pid is not None and not _pid_alive(pid):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
+    return removed
+
+
+def remove_stale_temps_in(folder: str | os.PathLike) -> list[Path]:
+    """:func:`remove_stale_temps` for every target in ``folder`` (e.g. checkpoints whose names
+    are not known in advance, after a killed run)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        # ".<target>.<pid>.<hex>.tmp": the target is everything before the last three dots
+        target = tmp.name[1:].rsplit(".", 3)[0]
+        if target:
+            removed += remove_stale_temps(tmp.with_name(target))
     return removed
 
 
@@ -64,18 +82,28 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _disk_full(path: Path, e: OSError) -> UserError:
+def _disk_full(path: Path, written: int, expected_bytes: int | None) -> UserError:
+    """One line: the path, the space it needs (the expected size, else more than what was
+    written before the disk filled up) and the space free there."""
+    mib = 2**20
+    if expected_bytes and expected_bytes > written:
+        need = f"needs about {expected_bytes / mib:.1f} MiB"
+    else:
+        need = f"needs more than the {written / mib:.1f} MiB written"
     try:
-        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize
-        where = f" ({free / 2**20:.1f} MiB free there)"
+        st = os.statvfs(path.parent)
+        need += f", {st.f_bavail * st.f_frsize / mib:.1f} MiB free there"
     except OSError:
-        where = ""
-    return UserError(f"no space left on the device writing {path}{where}; the previous file, if any, is intact")
+        pass
+    return UserError(f"no space left on the device writing {path} ({need}); the previous file, if any, is intact")
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
-    """``with atomic_open(p) as f: f.write(...)``: ``p`` appears complete or not at all."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", expected_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """``with atomic_open(p) as f: f.write(...)``: ``p`` appears complete or not at all.
+
+    ``expected_bytes``: the size about to be written, if known; a full disk reports it as the
+    space needed."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open writes only ('wb' or 'w'), got mode {mode!r}")
     target = Path(path)
@@ -89,9 +117,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:
+        try:
+            written = tmp.stat().st_size
+        except OSError:
+            written = 0
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise _disk_full(target, e) from None
+            raise _disk_full(target, written, expected_bytes) from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -108,8 +140,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[BinaryIO], None]) -> None:
+def atomic_write_with(
+    path: str | os.PathLike, writer: Callable[[BinaryIO], None], expected_bytes: int | None = None
+) -> None:
     """Call ``writer(f)`` on an open binary file that is installed at ``path`` atomically
     (``torch.save(obj, f)``, ``safetensors`` bytes, an npy array ...)."""
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", expected_bytes) as f:
         writer(f)

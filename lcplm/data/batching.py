@@ -1,26 +1,40 @@
-"""Token-budget batching with length bucketing, sharding across ranks and mid-epoch resume.
+"""Batching: the one sharded, seeded, resumable batch sampler every DataModule uses, and
+token-budget batch plans with length bucketing.
 
-An epoch's batches are planned from record lengths alone (no sequence is read):
+**The sampler** (:class:`ShardedBatchSampler`). A subclass says only how one epoch's items are
+cut into batches (:meth:`~ShardedBatchSampler.plan`): token-budget batches of FASTA records
+(:class:`TokenBudgetBatchSampler`), fixed-size batches of genome windows or walk starts
+(:class:`FixedSizeBatchSampler`). Everything else is the base's, the same for every data source:
 
-- padded batches: the records are shuffled, cut into buckets of ``bucket_size``, each bucket
-  sorted longest first, and cut greedily into batches with ``B * max_len <= max_tokens``
-  (longest first, a batch's first record is its longest: ``B = max_tokens // len(first)``);
-- packed batches: the shuffled records are cut greedily so that ``sum(len) <= max_tokens``
-  (no sorting: packing wastes nothing on padding, and unsorted batches mix lengths);
-- the batch order is then shuffled. Everything is seeded by ``(seed, epoch)``.
+- *Seeds.* Every random choice of the data pipeline comes from one derivation,
+  :func:`seed_sequence` ``(run.seed, stream, epoch, position)``: an epoch's plan from stream
+  :data:`PLAN_STREAM`, its batch order from :data:`ORDER_STREAM` (position 0), and a batch's own
+  randomness (crops, masks, walks; :func:`batch_generator`) from the data source's stream and the
+  batch's epoch and position. Streams in use: 0/1 FASTA train/validation (``collate``), 10/11/12
+  walks train/validation/node split (``ppi_walks``), 20/21 genome train/validation
+  (``genome``), 90/91 the sampler. A fixed-order sampler (``shuffle=False``, validation) draws
+  with epoch word :data:`FIXED_EPOCH` and hands out keys of epoch 0: the same batches and masks at
+  every evaluation.
+- *One DDP rule.* Every epoch has ``N = ceil(batches of epoch 0 / R)`` batches per rank for ``R``
+  ranks (so Lightning's epoch length and DDP's lock-step hold). The epoch's batches are shuffled
+  into a global order, which is cut or cyclically repeated to ``N * R`` (epoch 0 covers every item
+  exactly once and repeats its first batches when ``R`` does not divide the count; a later epoch
+  whose plan has a few more or fewer batches drops or repeats a few randomly chosen ones). Rank
+  ``r`` takes global positions ``r, r + R, r + 2R, ...``: ranks are disjoint and together cover
+  the order.
+- *Keys.* A batch is a :class:`BatchKey` ``(epoch, position, item indices)``; the dataset builds
+  the batch from the key alone, seeding its randomness from ``(seed, stream, epoch, position)``,
+  so a batch is the same whatever ``num_workers``, whichever rank draws it, and wherever a
+  resumed run restarted.
+- *Resume.* ``set_epoch(e)`` then ``skip_batches(k)``: the next iteration yields batches
+  ``k..N-1`` of epoch ``e`` (Lightning's restored counters give ``k``:
+  :func:`lcplm.data.datamodules.resumable_train_loader`); :class:`ResumableDataLoader` also
+  saves and restores the position through Lightning's loader state.
 
-Every epoch has the same number of batches per rank, ``N = ceil(batches of epoch 0 / R)``
-for ``R`` ranks, so Lightning's epoch length and DDP's lock-step hold. Epoch 0 covers every
-record exactly once (padded up to ``N * R`` batches by repeating its first batches when ``R``
-does not divide the count). Later epochs plan their own buckets, so their natural count can
-differ from epoch 0's by a few batches in a million: the shuffled batch list is then cut or
-cyclically repeated to ``N * R``, which drops or repeats those few randomly chosen batches.
-Rank ``r`` takes batches ``r, r + R, r + 2R, ...`` of the global order.
-
-A batch is a :class:`BatchKey`: ``(epoch, position, record indices)``. ``position`` is the
-batch's place in the global order, so a collate function can seed its crops and masks from
-``(seed, epoch, position)``: the result is then independent of ``num_workers``, of the rank
-that draws it, and of where a resumed run restarted.
+**Token-budget plans** (:func:`plan_batches`), from record lengths alone (no sequence is read):
+padded batches: the records are shuffled, cut into buckets of ``bucket_size``, each bucket sorted
+longest first and cut greedily into batches with ``B * max_len <= max_tokens``; packed batches:
+the shuffled records are cut greedily so that ``sum(len) <= max_tokens``.
 """
 
 from __future__ import annotations
@@ -34,7 +48,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-_FIXED_ORDER = 2**32 - 1  # seed-sequence word for samplers whose order never changes (validation)
+FIXED_EPOCH = 2**32 - 1  # epoch word of fixed-order samplers (validation): their plan never changes
+PLAN_STREAM, ORDER_STREAM = 90, 91  # the sampler's streams: an epoch's batches, their order
+
+
+def seed_sequence(seed: int, stream: int, epoch: int, position: int) -> np.random.SeedSequence:
+    """The one seed derivation of the data pipeline (all words >= 0; see the module docstring)."""
+    return np.random.SeedSequence([seed, stream, epoch, position])
+
+
+def batch_generator(seed: int, stream: int, epoch: int, position: int) -> torch.Generator:
+    """A CPU torch generator for one batch's randomness, from :func:`seed_sequence`."""
+    state = seed_sequence(seed, stream, epoch, position).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
 class BatchKey(NamedTuple):
@@ -134,13 +160,13 @@ def plan_stats(plan: BatchPlan, lengths: np.ndarray, max_tokens: int, pack: bool
     )
 
 
-class TokenBudgetBatchSampler(Sampler[BatchKey]):
+class ShardedBatchSampler(Sampler[BatchKey]):
     """Yields this rank's :class:`BatchKey` s of the current epoch (see the module docstring).
 
-    lengths: (n,) token counts per item (see :func:`token_lengths`); indices: (n,) the dataset
-    index of each item (default ``arange(n)``). ``shuffle=True``: a new plan each epoch, seeded
-    by ``(seed, epoch)``; ``shuffle=False``: one fixed plan (seeded by ``seed``) for every epoch,
-    keys carry epoch 0 (validation: the same batches and masks at every evaluation).
+    n: number of items; indices: (n,) the dataset index of each item (default ``arange(n)``).
+    ``shuffle=True``: a new plan and order each epoch, seeded by ``(seed, epoch)``;
+    ``shuffle=False``: one fixed plan and order for every epoch, keys carry epoch 0.
+    Subclasses implement :meth:`plan`. Zero items give zero batches (an empty validation split).
 
     Resume: ``set_epoch(e)`` then ``skip_batches(k)`` makes the next iteration yield batches
     ``k..N-1`` of epoch ``e``, exactly those an uninterrupted run had not yet seen. A pending
@@ -149,50 +175,47 @@ class TokenBudgetBatchSampler(Sampler[BatchKey]):
 
     def __init__(
         self,
-        lengths: np.ndarray,
-        max_tokens: int,
+        n: int,
         *,
         indices: np.ndarray | None = None,
-        pack: bool = False,
-        bucket_size: int = 4096,
         shuffle: bool = True,
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
     ):
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.indices = np.arange(len(self.lengths), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
-        if len(self.lengths) == 0:
-            raise ValueError("TokenBudgetBatchSampler needs at least one item")
-        if len(self.indices) != len(self.lengths):
-            raise ValueError(f"{len(self.indices)} indices for {len(self.lengths)} lengths")
-        if int(self.lengths.max()) > max_tokens or int(self.lengths.min()) < 1:
-            raise ValueError(f"item lengths must be in [1, max_tokens={max_tokens}], got max {int(self.lengths.max())}")
-        if bucket_size < 1:
-            raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
+        self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        if len(self.indices) != n:
+            raise ValueError(f"{len(self.indices)} indices for {n} items")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
-        self.max_tokens, self.pack, self.bucket_size = max_tokens, pack, bucket_size
-        self.shuffle, self.seed = shuffle, seed
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.n, self.shuffle, self.seed = n, shuffle, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self.pending_skip = 0
         self._cached: tuple[int, BatchPlan, np.ndarray] | None = None
-        self.num_batches = math.ceil(len(self._plan(0)) / num_replicas)
+        self.num_batches = math.ceil(len(self._plan(0)) / num_replicas) if n else 0
+
+    def plan(self, rng: np.random.Generator) -> BatchPlan:
+        """One epoch's batches over items ``0..n-1`` (positions into ``indices``), drawn from ``rng``."""
+        raise NotImplementedError
+
+    def _epoch_word(self, epoch: int) -> int:
+        return epoch if self.shuffle else FIXED_EPOCH
 
     def _plan(self, epoch: int) -> BatchPlan:
-        words = [self.seed, epoch] if self.shuffle else [self.seed, _FIXED_ORDER]
-        return plan_batches(self.lengths, self.max_tokens, self.pack, self.bucket_size, np.random.default_rng(words))
+        return self.plan(np.random.default_rng(seed_sequence(self.seed, PLAN_STREAM, self._epoch_word(epoch), 0)))
 
     def global_order(self, epoch: int) -> tuple[BatchPlan, np.ndarray]:
         """The epoch's plan and its ``N * R`` batch ids in global order (cached for one epoch)."""
         epoch = epoch if self.shuffle else 0
         if self._cached is None or self._cached[0] != epoch:
             plan = self._plan(epoch)
-            words = [self.seed, epoch, 1] if self.shuffle else [self.seed, _FIXED_ORDER, 1]
-            perm = np.random.default_rng(words).permutation(len(plan))
+            rng = np.random.default_rng(seed_sequence(self.seed, ORDER_STREAM, self._epoch_word(epoch), 0))
+            perm = rng.permutation(len(plan))
             # np.resize repeats cyclically: cuts or pads the list to the fixed epoch length
-            ids = np.resize(perm, self.num_batches * self.num_replicas).astype(np.int64)
+            ids = np.resize(perm, self.num_batches * self.num_replicas).astype(np.int64) if len(plan) else perm
             self._cached = (epoch, plan, ids)
         return self._cached[1], self._cached[2]
 
@@ -213,6 +236,8 @@ class TokenBudgetBatchSampler(Sampler[BatchKey]):
     def __iter__(self) -> Iterator[BatchKey]:
         epoch, skip = self.epoch, self.pending_skip
         self.pending_skip = 0
+        if not self.num_batches:
+            return
         plan, ids = self.global_order(epoch)
         key_epoch = epoch if self.shuffle else 0
         for local in range(skip, self.num_batches):
@@ -220,8 +245,66 @@ class TokenBudgetBatchSampler(Sampler[BatchKey]):
             yield BatchKey(key_epoch, position, self.indices[plan.batch(int(ids[position]))])
 
 
+class TokenBudgetBatchSampler(ShardedBatchSampler):
+    """Token-budget batches (:func:`plan_batches`) of items with ``lengths`` (n,) token counts
+    (see :func:`token_lengths`); sharding, seeds and resume as :class:`ShardedBatchSampler`."""
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        max_tokens: int,
+        *,
+        indices: np.ndarray | None = None,
+        pack: bool = False,
+        bucket_size: int = 4096,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if len(self.lengths) == 0:
+            raise ValueError("TokenBudgetBatchSampler needs at least one item")
+        if int(self.lengths.max()) > max_tokens or int(self.lengths.min()) < 1:
+            raise ValueError(f"item lengths must be in [1, max_tokens={max_tokens}], got max {int(self.lengths.max())}")
+        if bucket_size < 1:
+            raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
+        self.max_tokens, self.pack, self.bucket_size = max_tokens, pack, bucket_size
+        super().__init__(len(self.lengths), indices=indices, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
+
+    def plan(self, rng: np.random.Generator) -> BatchPlan:
+        return plan_batches(self.lengths, self.max_tokens, self.pack, self.bucket_size, rng)
+
+
+class FixedSizeBatchSampler(ShardedBatchSampler):
+    """Batches of ``batch_size`` items (the last may be smaller): a seeded permutation of the
+    ``n`` items cut in order (``shuffle=False``: items in their own order); sharding, seeds and
+    resume as :class:`ShardedBatchSampler`."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        indices: np.ndarray | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        super().__init__(n, indices=indices, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
+
+    def plan(self, rng: np.random.Generator) -> BatchPlan:
+        order = rng.permutation(self.n).astype(np.int64) if self.shuffle else np.arange(self.n, dtype=np.int64)
+        starts = np.append(np.arange(0, self.n, self.batch_size, dtype=np.int64), self.n)
+        return BatchPlan(order, starts)
+
+
 class ResumableDataLoader(DataLoader):
-    """A DataLoader over a :class:`TokenBudgetBatchSampler` whose position Lightning checkpoints.
+    """A DataLoader over a :class:`ShardedBatchSampler` whose position Lightning checkpoints.
 
     ``dataset[key]`` must return a whole batch (automatic batching is off). ``state_dict()``
     records the epoch and how many batches this iteration has handed out; Lightning saves it
@@ -230,7 +313,7 @@ class ResumableDataLoader(DataLoader):
     ``next()``, after Lightning's ``set_epoch``, so the restored position is not lost.
     """
 
-    def __init__(self, dataset: Any, sampler: TokenBudgetBatchSampler, **kwargs: Any):
+    def __init__(self, dataset: Any, sampler: ShardedBatchSampler, **kwargs: Any):
         super().__init__(dataset, batch_size=None, sampler=sampler, **kwargs)
         self._position: tuple[int, int] | None = None
 
@@ -257,12 +340,6 @@ class ResumableDataLoader(DataLoader):
             done = done * old_replicas // self.sampler.num_replicas
         self.sampler.set_epoch(int(state["epoch"]))
         self.sampler.skip_batches(min(done, self.sampler.num_batches))
-
-
-def batch_generator(seed: int, stream: int, epoch: int, position: int) -> torch.Generator:
-    """A CPU generator seeded from ``(seed, stream, epoch, position)`` (all >= 0)."""
-    state = np.random.SeedSequence([seed, stream, epoch, position]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
 def compare_batching(

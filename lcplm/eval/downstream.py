@@ -533,11 +533,25 @@ def run_sequence_task(task: SequenceTask, source: ModelSource, x: torch.Tensor, 
     return rows
 
 
+class _ResidueBatches:
+    """``dataset[BatchKey]``: the key's records (residue ids) framed <cls> ... <eos>, padded, with targets."""
+
+    def __init__(self, residues: list[np.ndarray], y: torch.Tensor):
+        self.residues, self.y = residues, y
+
+    def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
+        from lcplm.data import tokenizer as tok
+
+        idx = key.indices
+        ids, lens = tok.pad_batch([torch.from_numpy(np.concatenate(([tok.CLS], self.residues[i], [tok.EOS]))) for i in idx])
+        return {"input_ids": ids, "lengths": lens, "y": self.y[torch.from_numpy(idx)]}
+
+
 def _finetune_sequence_task(task: SequenceTask, source: ModelSource, splits, seed: int,
                             cfg: DownstreamConfig) -> dict[str, dict[str, float]]:
     """Encoder + residue-mean + MLP trained end to end on token batches."""
     from lcplm.data import tokenizer as tok
-    from lcplm.data.batching import plan_batches
+    from lcplm.data.batching import TokenBudgetBatchSampler
     from lcplm.data.collate import crop_residues
     from lcplm.models.heads import MLPHead, SequenceNet
     from torch.utils.data import DataLoader
@@ -559,16 +573,10 @@ def _finetune_sequence_task(task: SequenceTask, source: ModelSource, splits, see
             rows, y = rows[keep], y[torch.from_numpy(keep)]
         res = [crop_residues(tok.encode_residues(task.sequences[r], task.names[r]), max_res, None) for r in rows]
         lengths = np.asarray([len(r) + 2 for r in res], np.int64)
-        plan = plan_batches(lengths, max(ft.max_tokens, int(lengths.max())), False, len(lengths),
-                            np.random.default_rng(seed))
-        out = []
-        for b in range(len(plan)):
-            idx = plan.batch(b)
-            ids, lens = tok.pad_batch([torch.from_numpy(np.concatenate(([tok.CLS], res[i], [tok.EOS]))) for i in idx])
-            out.append({"input_ids": ids, "lengths": lens, "y": y[torch.from_numpy(idx)]})
-        # prebuilt batches as a map-style dataset: batch_size=None keeps them whole, shuffle reorders them
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(out, batch_size=None, shuffle=shuffle, generator=gen)
+        # the suite's one batch sampler: length-sorted token-budget batches, reshuffled per (seed, epoch)
+        sampler = TokenBudgetBatchSampler(lengths, max(ft.max_tokens, int(lengths.max())), bucket_size=len(lengths),
+                                          shuffle=shuffle, seed=seed)
+        return DataLoader(_ResidueBatches(res, y), batch_size=None, sampler=sampler)
 
     tests = {s: batches(s, False) for s in splits if s not in ("train", "valid")}
     return fit_and_evaluate(model, batches("train", True), batches("valid", False), tests, ft.max_epochs,

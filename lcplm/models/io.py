@@ -85,32 +85,39 @@ def error_line(e: BaseException) -> str:
 # ----------------------------------------------------------------------------- reading files
 
 
-def _torch_load(path: Path, what: str, map_location: Any = "cpu") -> Any:
+def _torch_load(path: Path, what: str, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``; any failure is one UserError line."""
     if path.stat().st_size == 0:
-        raise UserError(f"{path}: empty file, not a {what}")
+        raise UserError(f"{path}: empty file (0 bytes), not a {what} (a write that never finished?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        code = next((line for line in lines if "GLOBAL" in line), None)
-        if code is not None:  # a pickle that would import and run code
-            raise UserError(f"{path}: refused ({code[:200]}); lcplm loads files with weights_only=True only") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:  # a pickle that would import and run code
+            raise UserError(
+                f"{path}: refused: it holds Python objects beyond tensors and plain values ({found.group(1)}), "
+                "which could run code when loaded (lcplm loads files with weights_only=True only)"
+            ) from None
         detail = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
         raise UserError(f"{path}: cannot read {what} (not a torch file: {detail[:200]})") from None
     except Exception as e:  # truncated zip archive, foreign file
         raise UserError(f"{path}: cannot read {what} ({error_line(e)})") from None
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict:
     """A Lightning checkpoint as a dict (``weights_only=True``); one UserError line when the file
-    is missing, empty, truncated, not a torch file, or holds more than tensors and plain types."""
+    is missing, a folder, empty, truncated, not a torch file, or holds more than tensors and plain
+    types. ``mmap``: map tensors from the file instead of reading them (cheap checks of large files)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    ckpt = _torch_load(path, "checkpoint", map_location)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"{path}: not an lcplm/Lightning checkpoint (no 'state_dict')")
+    ckpt = _torch_load(path, "checkpoint", map_location, mmap=mmap)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        what = "a dict without 'state_dict'" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise UserError(f"{path}: not an lcplm/Lightning checkpoint ({what})")
     return ckpt
 
 
@@ -253,7 +260,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], where: str) -> nn.
         if shape:
             k = shape[0]
             parts.append(f"shape mismatch at {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        raise UserError(f"{where}: weights do not fit this {type(model).__name__}: " + "; ".join(parts))
+        raise UserError(f"{where}: weights do not fit this model ({type(model).__name__}): " + "; ".join(parts))
     model.load_state_dict(state)
     return model
 
@@ -455,6 +462,11 @@ def from_pretrained(path: str | Path, *, device: str | torch.device = "cpu", **o
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load the weights stored at ``path`` (anything :func:`from_pretrained` reads) into
     ``model``, whose architecture comes from elsewhere (``run.init_from``); strict."""
-    overrides = {"name": model.cfg.name}
-    _, state = read_pretrained(path, **overrides)
-    return load_state(model, state, str(path))
+    p = Path(path)
+    if p.is_file() and not _is_directory_path(p):
+        # a run's checkpoint: only its weights matter here (the architecture is the experiment's)
+        ckpt = read_checkpoint(p)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        return load_state(model, state, str(p))
+    _, state = read_pretrained(p, name=model.cfg.name)
+    return load_state(model, state, str(p))

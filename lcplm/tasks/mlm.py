@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 
 from lcplm.config import OptimConfig
 from lcplm.data.tokenizer import MASK
-from lcplm.tasks.optim import build_optimizer
+from lcplm.tasks.optim import apply_optim_config, build_optimizer
 
 IGNORE_INDEX = -100
 
@@ -88,8 +88,9 @@ class MLMTask(L.LightningModule):
             # job stops together instead of leaving the other ranks waiting in a collective.
             what = f"training loss is {loss.item()}" if here else "training loss is not finite on another rank"
             raise FloatingPointError(
-                f"{what} at global step {self.global_step}; "
-                "the last good checkpoint is untouched (lower the learning rate or check the data)"
+                f"{what} at global step {self.global_step}; the last good checkpoint is untouched: resume from it "
+                f"with a lower learning rate (same command plus --resume optim.lr={self.optim_cfg.lr / 4:.3g}) "
+                "or check the data"
             )
         bs = int(batch["labels"].shape[0])
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -124,6 +125,14 @@ class MLMTask(L.LightningModule):
         self.log("val/mask_token_loss", self.val_mask_loss.compute())
         for m in (self.val_loss, self.val_acc, self.val_mask_loss):
             m.reset()
+
+    def on_train_start(self) -> None:
+        # A resumed run: the optimizer and scheduler state came from the checkpoint; the
+        # optim settings of this segment (a lower learning rate after a NaN stop, say) apply.
+        if self._trainer is not None and self.trainer.ckpt_path:
+            sched = self.trainer.lr_scheduler_configs[0].scheduler if self.trainer.lr_scheduler_configs else None
+            if sched is not None:
+                apply_optim_config(self.model, self.trainer.optimizers[0], sched, self.optim_cfg)
 
     def configure_optimizers(self) -> Any:
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None

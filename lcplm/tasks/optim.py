@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,3 +56,27 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
         opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
     )
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def apply_optim_config(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: OptimConfig) -> None:
+    """Make an optimizer and LambdaLR restored from a checkpoint follow ``cfg`` (a resumed run).
+
+    Lightning restores every param group's ``lr``/``initial_lr``/``weight_decay``/``betas``/``eps``
+    and the scheduler's ``base_lrs`` from the checkpoint, which would silently keep the old
+    settings. This sets them from ``cfg`` and recomputes the current learning rate from the
+    scheduler's restored step (``lr = cfg.lr * multiplier(step)``, exactly what the scheduler
+    computes), so an unchanged config leaves every number as it was.
+    """
+    fresh = param_groups(model, cfg.weight_decay)
+    if len(fresh) != len(optimizer.param_groups):
+        raise ValueError(f"optimizer has {len(optimizer.param_groups)} param groups, the model gives {len(fresh)}")
+    for group, want in zip(optimizer.param_groups, fresh):
+        group["initial_lr"] = cfg.lr
+        group["weight_decay"] = want["weight_decay"]
+        group["betas"] = tuple(cfg.betas)
+        group["eps"] = cfg.eps
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)

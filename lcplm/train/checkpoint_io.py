@@ -21,9 +21,21 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lcplm.files import atomic_write_with
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint (dicts, lists, tuples): about its file size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path`` (lcplm.files)."""
-    atomic_write_with(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path`` (lcplm.files); a
+    full disk is a one-line UserError naming ``path`` and about how much space it needs."""
+    atomic_write_with(path, lambda f: torch.save(obj, f), expected_bytes=tensor_bytes(obj))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

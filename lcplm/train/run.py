@@ -1,15 +1,17 @@
 """``lcplm pretrain``: build data, model, task and Trainer from a config; own the run directory.
 
-Run directory ``<run.out_dir>/<run.name>/``:
-  config.yaml            the resolved, validated config of the run
+Run directory ``<run.out_dir>/<run.name>/`` (locking, resume rules, history: :mod:`lcplm.train.run_dir`):
+  config.yaml            the resolved, validated config of the latest segment and the history of all
   checkpoints/last.ckpt  written atomically; ``--resume`` continues from it
   tb/                    TensorBoard events (loss, perplexity, masked accuracy, lr)
-  results.json           final held-out masked-token loss, unigram baseline, timings
+  results.json           final held-out masked-token loss, unigram baseline, timings (validation
+                         numbers are null when the run has no validation data)
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import time
@@ -18,43 +20,18 @@ from typing import Any
 
 import torch
 
-from lcplm.config import PretrainConfig, load_config, split_file_and_overrides, to_dict, to_yaml
+from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
 from lcplm.errors import UserError
 from lcplm.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EXPERIMENT = REPO_ROOT / "experiments" / "pretrain" / "tiny.yaml"
+VAL_KEYS = {"val_loss": "val/loss", "val_perplexity": "val/perplexity", "val_masked_acc": "val/masked_acc",
+            "val_mask_token_loss": "val/mask_token_loss"}
 
 
 def run_dir(cfg: PretrainConfig) -> Path:
     return Path(cfg.run.out_dir) / cfg.run.name
-
-
-def _prepare_run_dir(cfg: PretrainConfig) -> tuple[Path, Path | None]:
-    """Create the run directory; return it and the checkpoint to resume from (or None)."""
-    out = run_dir(cfg)
-    last = out / "checkpoints" / "last.ckpt"
-    if cfg.run.resume:
-        if not last.is_file():
-            raise UserError(f"--resume: no checkpoint at {last} (start the run without --resume)")
-        saved = out / "config.yaml"
-        if saved.is_file():
-            from omegaconf import OmegaConf
-
-            old_model = OmegaConf.to_container(OmegaConf.load(saved)).get("model")
-            if old_model != to_dict(cfg)["model"]:
-                raise UserError(
-                    f"--resume: the model section differs from the run's saved {saved}; "
-                    "resume with the same experiment, or start a new run.name"
-                )
-        return out, last
-    if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) and not cfg.run.overwrite:
-        raise UserError(
-            f"run directory {out} already has checkpoints: pass --resume to continue it, "
-            "run.name=<new name> for a new run, or run.overwrite=true to start it again"
-        )
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return out, None
 
 
 def _precision(cfg: PretrainConfig) -> str:
@@ -74,9 +51,8 @@ def _strategy(cfg: PretrainConfig):
 
 
 def build_trainer(cfg: PretrainConfig, out: Path, extra_callbacks: list | None = None):
-    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from lcplm.train.callbacks import build_callbacks
 
@@ -86,12 +62,24 @@ def build_trainer(cfg: PretrainConfig, out: Path, extra_callbacks: list | None =
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     callbacks += extra_callbacks or []
+    try:
+        return _trainer(cfg, out, strategy, plugins, callbacks)
+    except MisconfigurationException as e:  # e.g. accelerator=gpu where no GPU is visible
+        raise UserError(f"trainer: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
+def _trainer(cfg: PretrainConfig, out: Path, strategy: Any, plugins: Any, callbacks: list):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    t = cfg.trainer
     return L.Trainer(
         default_root_dir=str(out),
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
         max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
-        val_check_interval=t.val_check_interval,
+        # Lightning counts training batches; the config counts optimizer steps
+        val_check_interval=t.val_check_interval * t.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches,
         accelerator=t.accelerator,
@@ -118,7 +106,8 @@ def unigram_baseline(datamodule, max_batches: int = 2000) -> dict[str, float]:
 
     Frequencies come from the training targets (add-one smoothed over residue ids). Returned
     for all targets and for the targets shown as ``<mask>`` (the 80% whose identity the model
-    must infer from context): a model that uses context ends below both.
+    must infer from context): a model that uses context ends below both. None without
+    validation targets.
     """
     from lcplm.data.tokenizer import MASK, PADDED_VOCAB_SIZE, RESIDUE_IDS
 
@@ -141,8 +130,32 @@ def unigram_baseline(datamodule, max_batches: int = 2000) -> dict[str, float]:
         n += int(nll.numel())
         total_mask += float(nll[shown_mask].sum())
         n_mask += int(shown_mask.sum())
-    nan = float("nan")
-    return {"unigram_loss": total / n if n else nan, "unigram_mask_token_loss": total_mask / n_mask if n_mask else nan}
+    return {"unigram_loss": total / n if n else None, "unigram_mask_token_loss": total_mask / n_mask if n_mask else None}
+
+
+def _check_resume(rd: Any, cfg: PretrainConfig, model: torch.nn.Module) -> None:
+    """The checkpoint ``--resume`` continues from: readable, a training checkpoint, of this
+    model and data (frozen settings unchanged), weights that fit; notes what changes."""
+    from lcplm.train.checkpoint import check_weights_fit, model_state_dict, read_training_checkpoint, stored_config
+    from lcplm.train.run_dir import resume_changes
+
+    path = rd.resume_from
+    ckpt = read_training_checkpoint(path)
+    rd.changes = resume_changes(cfg, stored_config(ckpt, path), path)
+    check_weights_fit(model, model_state_dict(ckpt), path)
+    step = ckpt.get("global_step")
+    rd.start_step = int(step) if isinstance(step, int) else 0
+
+
+def _saved_step(path: Path) -> int | None:
+    from lcplm.train.checkpoint import read_checkpoint
+
+    if not path.is_file():
+        return None
+    try:
+        return read_checkpoint(path, mmap=True).get("global_step")
+    except UserError:
+        return None
 
 
 def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
@@ -150,29 +163,53 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_info
 
+    from lcplm.config import to_dict
     from lcplm.data.datamodules import build_datamodule
     from lcplm.models import build_model, parameter_line
     from lcplm.tasks import task_class
     from lcplm.train.checkpoint import load_weights
+    from lcplm.train.run_dir import launch_rank_from_env, open_run_dir
 
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
-    out, ckpt_path = _prepare_run_dir(cfg)
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg.data, seed=cfg.run.seed)
-    model = build_model(cfg.model)
-    rank_zero_info(parameter_line(model, cfg.model))  # one line, to size equal-parameter comparisons
-    if cfg.run.init_from and ckpt_path is None:
-        if not Path(cfg.run.init_from).exists():  # a run's .ckpt or a model directory (lcplm.models.io)
-            raise UserError(
-                f"run.init_from: checkpoint {cfg.run.init_from} not found; run the training that writes it first "
-                "(stage 2's default, experiments/graph/yeast_tiny.yaml, starts from `make pretrain`)"
-            )
-        load_weights(model, cfg.run.init_from)
-    task = task_class(cfg.task.name)(model, cfg.optim, config=to_dict(cfg))
-    trainer = build_trainer(cfg, out, extra_callbacks)
-    if trainer.is_global_zero:
-        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    out = run_dir(cfg)
+    # The run directory is locked and checked before the Trainer exists (so a refusal is the only
+    # line printed); the launcher's environment says which process will be global rank 0.
+    with open_run_dir(cfg, out, is_writer=launch_rank_from_env() == 0) as rd:
+        L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+        datamodule = build_datamodule(cfg.data, seed=cfg.run.seed)
+        model = build_model(cfg.model)
+        rank_zero_info(parameter_line(model, cfg.model))  # one line, to size equal-parameter comparisons
+        if rd.resume_from is not None:
+            _check_resume(rd, cfg, model)
+        elif cfg.run.init_from:
+            if not Path(cfg.run.init_from).exists():  # a run's .ckpt or a model directory (lcplm.models.io)
+                raise UserError(
+                    f"run.init_from: checkpoint {cfg.run.init_from} not found; run the training that writes it first "
+                    "(stage 2's default, experiments/graph/yeast_tiny.yaml, starts from `make pretrain`)"
+                )
+            load_weights(model, cfg.run.init_from)
+        task = task_class(cfg.task.name)(model, cfg.optim, config=to_dict(cfg))
+        trainer = build_trainer(cfg, out, extra_callbacks)
+        rd.set_writer(trainer.is_global_zero)
+        rd.begin_segment(cfg)
+        status = "failed"
+        try:
+            results = _fit_and_report(cfg, trainer, task, datamodule, model, out, rd.resume_from)
+            status = "finished"
+            return results
+        except SystemExit as e:
+            status = f"stopped by a signal (exit status {e.code}); resume with --resume"
+            raise
+        except BaseException as e:
+            lines = str(e).strip().splitlines()
+            status = f"failed: {type(e).__name__}: {lines[0][:300] if lines else ''}"
+            raise
+        finally:
+            rd.end_segment(cfg, int(trainer.global_step), status)
+
+
+def _fit_and_report(cfg, trainer, task, datamodule, model, out: Path, ckpt_path: Path | None) -> dict[str, Any]:
     t0 = time.time()
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     train_time = time.time() - t0
@@ -181,24 +218,21 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     # A run stopped by max_steps or max_time between two periodic saves still leaves its final
     # weights in last.ckpt (stage 2 and eval-downstream read it); written atomically.
     last = out / "checkpoints" / "last.ckpt"
-    saved_step = None
-    if last.is_file():
-        saved_step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step")
-    if saved_step != trainer.global_step:
+    if _saved_step(last) != trainer.global_step:
         trainer.save_checkpoint(str(last))
-    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    validated = trainer.validate(task, datamodule=datamodule, verbose=False)
+    metrics = validated[0] if validated else {}
     results: dict[str, Any] = {
         "run_dir": str(out),
         "global_step": int(trainer.global_step),
         "train_time_s": round(train_time, 1),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "val_loss": float(metrics.get("val/loss", float("nan"))),
-        "val_perplexity": float(metrics.get("val/perplexity", float("nan"))),
-        "val_masked_acc": float(metrics.get("val/masked_acc", float("nan"))),
-        "val_mask_token_loss": float(metrics.get("val/mask_token_loss", float("nan"))),
     }
+    # no validation data (data.val_fraction=0, no held-out genome, limit_val_batches=0): null, not NaN
+    results.update({k: (float(metrics[m]) if m in metrics else None) for k, m in VAL_KEYS.items()})
     if trainer.is_global_zero:
-        results.update(unigram_baseline(datamodule))
+        if results["val_loss"] is not None:
+            results.update(unigram_baseline(datamodule))
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
@@ -210,7 +244,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("args", nargs="*", metavar="[EXPERIMENT.yaml] [key=value ...]")
     p.add_argument("--resume", action="store_true", help="continue the run from its last.ckpt")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)  # `--resume optim.lr=...` after the experiment, as the NaN advice says
     experiment, overrides = split_file_and_overrides(ns.args)
     if experiment is None:
         experiment = str(DEFAULT_EXPERIMENT)
@@ -221,7 +255,18 @@ def main(argv: list[str]) -> int:
         results = train(cfg)
     except FloatingPointError as e:
         raise UserError(str(e)) from None
-    if "unigram_loss" in results:
+    except OSError as e:  # a full disk outside lcplm.files (TensorBoard events, Lightning's hparams.yaml)
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"no space left on the device writing {e.filename or 'the run directory'}") from None
+        raise
+    if results["val_loss"] is None:
+        print(
+            f"trained {results['global_step']} steps without validation data (data.val_fraction=0, no held-out "
+            "genome, or trainer.limit_val_batches=0): no held-out loss to report"
+        )
+        print(f"run directory: {results['run_dir']}")
+        return 0
+    if results.get("unigram_loss") is not None:
         r = results
         gap = r["unigram_mask_token_loss"] - r["val_mask_token_loss"]
         print(
@@ -233,4 +278,4 @@ def main(argv: list[str]) -> int:
             f"accuracy {r['val_masked_acc']:.3f}) vs unigram {r['unigram_loss']:.4f} nats"
         )
         print(f"run directory: {r['run_dir']}")
-    return 0 if math.isfinite(results.get("val_loss", float("nan"))) else 1
+    return 0 if math.isfinite(results["val_loss"]) else 1

@@ -8,10 +8,13 @@ reads ranks and the master address from SLURM's variables.
 
 Preemption (:class:`PreemptionCallback`): ``#SBATCH --signal=USR1@N`` delivers SIGUSR1 to
 every rank N seconds before the time limit; SIGTERM arrives on preemption or cancellation.
-At the end of the current optimizer step all ranks agree that a signal arrived, save
+At the end of the current optimizer step all ranks agree that a signal arrived; when that
+step is due a validation, the validation runs first (``trainer.limit_val_batches`` bounds its
+time: keep it well inside the grace period, or ``signal_before_end_s``); then all ranks save
 ``last.ckpt`` (atomically), rank 0 requeues the job (SIGUSR1 only: a SIGTERM may be a
 ``scancel``, and a preempting SLURM requeues by itself when configured to), and the process
-exits with status 128 + signal. The requeued job resumes from ``last.ckpt``.
+exits with status 128 + signal. The requeued job resumes from ``last.ckpt`` without repeating
+that validation.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lcplm.errors import UserError
@@ -176,13 +179,20 @@ def requeue_current_job() -> str:
     return f"requeued SLURM job {job}"
 
 
-class PreemptionCallback(Callback):
+class PreemptionCallback(Checkpoint):
     """SIGUSR1 / SIGTERM -> save ``last.ckpt`` at the end of the step -> requeue -> exit.
 
+    A :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs its hooks after the
+    ``ModelCheckpoint`` s' (it moves checkpoint callbacks to the end, in order): a step's periodic
+    checkpoint and a validation's best checkpoint are written before the exit.
+
     Signal handlers only set a flag (saving inside a handler could interrupt a collective);
-    at each train-batch end the ranks combine their flags (one tiny all-reduce, only when
-    world size > 1), so all of them save together. A SIGTERM that Lightning turns into its
-    own exit at the next step (it broadcasts rank 0's flag) is saved from ``on_exception``.
+    at the end of each optimizer step the ranks combine their flags (one tiny all-reduce, only
+    when world size > 1), so all of them save together. If a validation is due at that step,
+    the save waits for its end (``on_validation_end``), so the signal never skips it; should it
+    not come, the save happens at the end of the next step at the latest. A SIGTERM that
+    Lightning turns into its own exit at the next step (it broadcasts rank 0's flag) is saved
+    from ``on_exception``.
     """
 
     def __init__(self, last_ckpt: str | Path, requeue_on: tuple[int, ...] = (signal.SIGUSR1,)) -> None:
@@ -191,6 +201,7 @@ class PreemptionCallback(Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._saved = False
+        self._pending: int = 0  # a signal whose save waits for this step's validation
 
     # -- signals ------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
@@ -199,10 +210,18 @@ class PreemptionCallback(Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        self.received, self._saved = None, False
+        self.received, self._saved, self._pending = None, False, 0
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning installs its own SIGTERM handler after ``setup``; it would end the run at
+        # the next step boundary, or abort a validation after one batch, without our save.
+        # SIGTERM is this callback's alone during training (the all-reduce at each step end
+        # tells every rank); Lightning restores its saved handlers at teardown, then we ours.
+        if threading.current_thread() is threading.main_thread() and self._previous:
+            signal.signal(signal.SIGTERM, self._handler)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         for sig, handler in self._previous.items():
@@ -227,14 +246,43 @@ class PreemptionCallback(Callback):
             )
         raise SystemExit(128 + int(signum))
 
+    @staticmethod
+    def _ends_optimizer_step(trainer: Any) -> bool:
+        """Whether the micro-batch that just ended completed an optimizer step (same on all ranks)."""
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        return progress.current.ready % trainer.accumulate_grad_batches == 0 or bool(progress.is_last_batch)
+
+    @staticmethod
+    def _validation_due(trainer: Any) -> bool:
+        """Whether Lightning validates right after this batch (lcplm passes an int
+        ``val_check_interval`` and ``check_val_every_n_epoch=None``: every ``val_check_batch`` batches)."""
+        every = trainer.val_check_batch
+        if not trainer.enable_validation or not isinstance(every, int) or every < 1:
+            return False
+        return (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._pending:  # the validation it waited for did not come: save now
+            self._save_and_exit(trainer, self._pending)
+        if not self._ends_optimizer_step(trainer):
+            return
         signum = int(self.received or 0)
         if trainer.world_size > 1:
             # all ranks learn the same signal (0: none), whichever ranks it reached
             t = torch.tensor([signum], device=trainer.strategy.root_device)
             signum = int(trainer.strategy.reduce(t, reduce_op="max").item())
-        if signum:
+        if signum and self._validation_due(trainer):
+            self._pending = signum
+        elif signum:
             self._save_and_exit(trainer, signum)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._pending and not trainer.sanity_checking:
+            self._save_and_exit(trainer, self._pending)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._pending:
+            self._save_and_exit(trainer, self._pending)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and not self._saved:

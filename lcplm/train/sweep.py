@@ -221,6 +221,7 @@ def run_point(sweep_dir: str | Path, index: int) -> int:
     """Train point ``index`` of the sweep (resuming from its last.ckpt if it has one)."""
     from lcplm.config import PretrainConfig, load_config
     from lcplm.train.run import train
+    from lcplm.train.run_dir import resume_checkpoint
 
     sweep_dir = Path(sweep_dir)
     points = read_points(sweep_dir)
@@ -232,7 +233,7 @@ def run_point(sweep_dir: str | Path, index: int) -> int:
         print(f"point {point.name}: already done ({run_dir / 'results.json'})")
         return 0
     cfg = load_config(sweep_dir / point.config, schema=PretrainConfig)
-    cfg.run.resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    cfg.run.resume = resume_checkpoint(run_dir) is not None
     cfg.run.overwrite = not cfg.run.resume  # a point that never saved a checkpoint starts again
     _set_status(sweep_dir, point, "running", resumed=cfg.run.resume)
     try:
@@ -246,7 +247,8 @@ def run_point(sweep_dir: str | Path, index: int) -> int:
         if isinstance(e, FloatingPointError):  # the NaN/inf guard: a one-line user-facing error
             raise UserError(msg) from None
         raise
-    ok = math.isfinite(results.get("val_loss", float("nan")))
+    val_loss = results.get("val_loss")
+    ok = val_loss is None or math.isfinite(val_loss)  # None: the point has no validation data
     _set_status(sweep_dir, point, "done" if ok else "failed", **({} if ok else {"error": "val_loss is not finite"}))
     return 0 if ok else 1
 

@@ -489,7 +489,7 @@ def test_datamodule_batches_follow_the_contract(tmp_path):
 
 
 def test_datamodule_is_seeded_and_resumes_exactly(tmp_path):
-    from lcplm.data.datamodules.genome import SeededBatchSampler
+    from lcplm.data.batching import FixedSizeBatchSampler
 
     a = [b["input_ids"] for b in _datamodule(tmp_path).train_dataloader()]
     b = [b["input_ids"] for b in _datamodule(tmp_path).train_dataloader()]
@@ -497,12 +497,17 @@ def test_datamodule_is_seeded_and_resumes_exactly(tmp_path):
     val1 = [b["labels"] for b in _datamodule(tmp_path).val_dataloader()]
     val2 = [b["labels"] for b in _datamodule(tmp_path).val_dataloader()]
     assert all(torch.equal(x, y) for x, y in zip(val1, val2))  # fixed validation targets
-    full = list(SeededBatchSampler(23, 3, seed=1, shuffle=True, epoch=2))
-    assert list(SeededBatchSampler(23, 3, seed=1, shuffle=True, epoch=2, skip=3)) == full[3:]
-    assert list(SeededBatchSampler(23, 3, seed=1, shuffle=True, epoch=3)) != full  # new epoch, new order
-    r0 = list(SeededBatchSampler(23, 3, seed=1, shuffle=True, epoch=2, rank=0, world_size=2))
-    r1 = list(SeededBatchSampler(23, 3, seed=1, shuffle=True, epoch=2, rank=1, world_size=2))
-    assert r0 == full[0:8:2] and r1 == full[1:8:2] and len(r0) == len(r1)
+    def keys(rank=0, world=1, epoch=2, skip=0):
+        s = FixedSizeBatchSampler(23, 3, seed=1, num_replicas=world, rank=rank)
+        s.set_epoch(epoch)
+        s.skip_batches(skip)
+        return [(k.epoch, k.position, k.indices.tolist()) for k in s]
+
+    full = keys()
+    assert keys(skip=3) == full[3:]
+    assert keys(epoch=3) != full  # new epoch, new order
+    r0, r1 = keys(rank=0, world=2), keys(rank=1, world=2)
+    assert [k[1:] for k in r0] == [k[1:] for k in full[0:8:2]] and [k[1:] for k in r1] == [k[1:] for k in full[1:8:2]]
 
 
 def test_datamodule_errors(tmp_path):

@@ -135,10 +135,11 @@ def test_sigterm_saves_last_checkpoint_and_resume_finishes(tmp_path: Path):
     r = run_worker([str(exp), "--record", str(tmp_path / "a"), "--fault", "sigterm", "--at", "1"])
     assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
     assert "received SIGTERM: saved" in r.stderr and "not requeued" in r.stderr
-    # the signal came after the preemption callback's check of step 1: Lightning stops before
-    # step 2 and the callback saves from on_exception
+    # the signal arrives in step 1's end hooks, before the preemption callback's check (Lightning
+    # runs checkpoint callbacks last): last.ckpt is saved at the end of step 1
     last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 1
+    assert sorted(_records(tmp_path / "a")) == [1]
     assert not (tmp_path / "runs" / "run" / "results.json").exists()
     r = run_worker([str(exp), "--record", str(tmp_path / "b"), "run.resume=true"])
     assert r.returncode == 0, r.stderr[-3000:]

@@ -170,24 +170,24 @@ GOLDEN_RTOL = 1e-5
 @pytest.mark.parametrize("preset", ["ddp_cpu.yaml", "fsdp2_cpu.yaml"])
 def test_two_processes_match_single_process_and_resume_after_preemption(preset: str, golden, tmp_path: Path):
     exp = write_experiment(tmp_path, trainer_preset=preset)
-    # preempted: SIGUSR1 reaches rank 1 only, after step 3; both ranks save last.ckpt at the
-    # end of step 4 and exit (the recorder runs after the preemption callback, so the two
-    # micro-batch losses of step 4 are not recorded)
+    # preempted: SIGUSR1 reaches rank 1 only, in step 3's end hooks (before the preemption
+    # callback's check: Lightning runs checkpoint callbacks last); both ranks save last.ckpt at
+    # the end of step 3 and exit
     r = run_worker([str(exp), "--golden", "--record", str(tmp_path / "a"), "--fault", "sigusr1", "--at", "3",
                     "--rank", "1"])
     assert r.returncode == 128 + signal.SIGUSR1, r.stderr[-3000:]
-    assert "received SIGUSR1: saved" in r.stderr and "at step 4" in r.stderr
+    assert "received SIGUSR1: saved" in r.stderr and "at step 3" in r.stderr
     last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
-    assert ckpt["global_step"] == 4
+    assert ckpt["global_step"] == 3
     assert not any("_checkpoint_wrapped_module" in k or "_fsdp" in k for k in ckpt["state_dict"])
     first = _losses(tmp_path / "a", 2, 1)
     assert sorted(first) == list(range(6))
-    # resumed from last.ckpt: steps 5 and 6
+    # resumed from last.ckpt: steps 4 to 6
     r = run_worker([str(exp), "--golden", "--record", str(tmp_path / "b"), "--ckpt", str(last), "run.name=resumed"])
     assert r.returncode == 0, r.stderr[-3000:]
     second = _losses(tmp_path / "b", 2, 1)
-    assert sorted(second) == list(range(8, 12))
+    assert sorted(second) == list(range(6, 12))
     for k, v in {**first, **second}.items():
         assert v == pytest.approx(golden[k], rel=GOLDEN_RTOL), (k, v, golden[k])
 

@@ -4,16 +4,19 @@
                            [--ckpt PATH] [--fault KIND --at STEP --rank R]
 
 Runs the production path (``lcplm.train.run.train``, or its ``build_trainer`` with the
-golden data below) and records, per rank, every micro-batch loss to ``PREFIX.rank<r>.jsonl``
-and the process id to ``PREFIX.pid<r>``. Lightning's DDP launcher re-runs this same command for
-the other ranks. Faults, at the end of optimizer step STEP on rank R: ``sigkill`` (the
-process), ``exit`` (``os._exit(3)``), ``sigusr1`` / ``sigterm`` (to itself), ``nan`` (a
-parameter becomes NaN before step STEP + 1).
+golden data below) and records, per rank, every micro-batch loss and learning rate to
+``PREFIX.rank<r>.jsonl`` and the process id to ``PREFIX.pid<r>``. Lightning's DDP launcher
+re-runs this same command for the other ranks. Faults, at the end of optimizer step STEP on
+rank R: ``sigkill`` (the process), ``exit`` (``os._exit(3)``), ``sigusr1`` / ``sigterm`` (to
+itself), ``nan`` (a parameter becomes NaN before step STEP + 1); ``sigterm-in-step``: SIGTERM
+while step STEP runs (before its end); ``kill-in-save``: SIGKILL halfway through writing the
+STEP-th checkpoint file of the process.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -81,14 +84,18 @@ class GoldenData(LightningDataModule):
 class Recorder(Callback):
     def __init__(self, prefix: str, accumulate: int) -> None:
         self.prefix, self.accumulate = prefix, accumulate
+        self.lr = float("nan")
 
     def setup(self, trainer, pl_module, stage):
         Path(f"{self.prefix}.pid{trainer.global_rank}").write_text(str(os.getpid()))
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step's update uses
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # Lightning hands back the loss divided by the accumulation factor
         loss = float(outputs["loss"]) * self.accumulate
-        rec = {"step": trainer.global_step, "batch_idx": batch_idx, "loss": loss}
+        rec = {"step": trainer.global_step, "batch_idx": batch_idx, "loss": loss, "lr": self.lr}
         with open(f"{self.prefix}.rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -115,6 +122,34 @@ class Fault(Callback):
         if self.kind == "nan" and self._mine(trainer):
             with torch.no_grad():
                 next(pl_module.model.parameters()).fill_(float("nan"))
+        # global_step counts finished steps: STEP - 1 while step STEP runs
+        if self.kind == "sigterm-in-step" and trainer.global_rank == self.rank and trainer.global_step == self.at - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.at = -1
+
+
+def kill_in_save(nth: int) -> None:
+    """SIGKILL this process halfway through writing its ``nth`` checkpoint file."""
+    from lcplm.train import checkpoint_io
+
+    real = checkpoint_io.atomic_torch_save
+    count = [0]
+
+    def save(obj, path):
+        count[0] += 1
+        if count[0] < nth:
+            return real(obj, path)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+
+        def half_then_die(f):
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        checkpoint_io.atomic_write_with(path, half_then_die)
+
+    checkpoint_io.atomic_torch_save = save
 
 
 def main() -> int:
@@ -124,7 +159,7 @@ def main() -> int:
     p.add_argument("--record")
     p.add_argument("--golden", action="store_true")
     p.add_argument("--ckpt")
-    p.add_argument("--fault", choices=["sigkill", "exit", "sigusr1", "sigterm", "nan"])
+    p.add_argument("--fault", choices=["sigkill", "exit", "sigusr1", "sigterm", "nan", "sigterm-in-step", "kill-in-save"])
     p.add_argument("--at", type=int, default=-1)
     p.add_argument("--rank", type=int, default=0)
     ns = p.parse_intermixed_args()
@@ -132,7 +167,9 @@ def main() -> int:
     callbacks: list[Callback] = []
     if ns.record:
         callbacks.append(Recorder(ns.record, cfg.trainer.accumulate_grad_batches))
-    if ns.fault:
+    if ns.fault == "kill-in-save":
+        kill_in_save(ns.at)
+    elif ns.fault:
         callbacks.append(Fault(ns.fault, ns.at, ns.rank))
     if not ns.golden:
         from lcplm.train.run import train

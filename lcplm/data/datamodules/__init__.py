@@ -3,12 +3,19 @@
 Each class takes ``(cfg, seed)`` and yields batches as dicts of tensors: ``labels``
 (``[B, L]``, -100 where not a target) plus the model's keyword inputs (``input_ids`` and
 ``lengths`` for padded batches, ``cu_seqlens`` for packed ones, ``pid``/``allowed`` for genomes).
+
+Every DataModule batches through :class:`lcplm.data.batching.ShardedBatchSampler` (one DDP rule,
+one seed derivation, resume) and :func:`resumable_train_loader` below:
+its dataset maps a :class:`~lcplm.data.batching.BatchKey` to a whole batch. The samplers shard by
+rank themselves, so the Trainer is built with ``use_distributed_sampler=False``.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from lcplm.data.batching import ResumableDataLoader, ShardedBatchSampler
 
 DATAMODULES: dict[str, str] = {
     "fasta": "lcplm.data.datamodules.fasta:FastaDataModule",
@@ -35,3 +42,22 @@ def resume_position(trainer: Any) -> tuple[int, int]:
     fit_loop = trainer.fit_loop
     done = fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
     return int(trainer.current_epoch), int(done)
+
+
+def shard(trainer: Any) -> tuple[int, int]:
+    """``(num_replicas, rank)`` for a sampler: the trainer's world (``(1, 0)`` without one)."""
+    if trainer is None:
+        return 1, 0
+    if trainer.world_size > 1 and getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
+        raise RuntimeError("lcplm samplers shard batches across ranks themselves: build the Trainer with use_distributed_sampler=False")
+    return int(trainer.world_size), int(trainer.global_rank)
+
+
+def resumable_train_loader(dataset: Any, sampler: ShardedBatchSampler, trainer: Any, **kwargs: Any) -> ResumableDataLoader:
+    """The training loader: continues where a resumed run's checkpoint stopped (:func:`resume_position`)."""
+    if trainer is not None:
+        epoch, done = resume_position(trainer)
+        sampler.set_epoch(epoch)
+        sampler.skip_batches(min(done, len(sampler)))
+    return ResumableDataLoader(dataset, sampler, **kwargs)
+

@@ -28,7 +28,7 @@ import torch
 from lcplm.data.batching import BatchKey, ResumableDataLoader, TokenBudgetBatchSampler, token_lengths
 from lcplm.data.cache import default_proteome_path
 from lcplm.data.collate import TRAIN_STREAM, VAL_STREAM, MLMCollator
-from lcplm.data.datamodules import resume_position
+from lcplm.data.datamodules import resumable_train_loader, shard
 from lcplm.data.fasta import FastaIndex
 from lcplm.data.split import split_indices
 from lcplm.data.tokenizer import encode_residues
@@ -166,14 +166,7 @@ class FastaDataModule(L.LightningDataModule):
     # ---- distribution ----------------------------------------------------------------------
 
     def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 1, 0
-        if trainer.world_size > 1 and getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
-            raise RuntimeError(
-                "FastaDataModule shards batches across ranks itself: build the Trainer with use_distributed_sampler=False"
-            )
-        return int(trainer.world_size), int(trainer.global_rank)
+        return shard(self.trainer)
 
     def _sampler(self, indices: np.ndarray, shuffle: bool) -> TokenBudgetBatchSampler:
         world, rank = self._world()
@@ -210,12 +203,8 @@ class FastaDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> ResumableDataLoader:
-        sampler = self.train_sampler
-        if self.trainer is not None:
-            epoch, done = resume_position(self.trainer)
-            sampler.set_epoch(epoch)
-            sampler.skip_batches(min(done, len(sampler)))
-        return ResumableDataLoader(self._dataset(train=True), sampler, **self._loader_kwargs())
+        sampler = self.train_sampler  # sets the data up first
+        return resumable_train_loader(self._dataset(train=True), sampler, self.trainer, **self._loader_kwargs())
 
     def val_dataloader(self):
         self.setup()

@@ -18,10 +18,11 @@ A batch (contract)::
     pid       (B, L) long   protein index per token (see lcplm.data.genomes), -1 for padding
     allowed   (B, P, P) bool  per-window protein-pair matrix, padded with False
 
-Batches are seeded: the order of an epoch is a permutation drawn from ``(seed, epoch)`` and
-the masking of a batch from ``(seed, epoch, batch number)``, so a resumed run (see
-:func:`~lcplm.data.datamodules.resume_position`) sees exactly the batches an uninterrupted one
-would. With several ranks, each takes every world_size-th batch of the same order.
+Batches come from :class:`~lcplm.data.batching.FixedSizeBatchSampler` (``batch_size`` windows,
+shuffled per (seed, epoch), sharded by rank, resumable) and are masked from
+``(seed, stream, epoch, batch position)``, so a resumed run sees exactly the batches an
+uninterrupted one would, whatever ``num_workers``. A genome set that leaves no validation
+genome (one genome, or ``val_fraction: 0``) trains without validation.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from lcplm.data import tokenizer
-from lcplm.data.datamodules import resume_position
+from lcplm.data.batching import BatchKey, FixedSizeBatchSampler, batch_generator
+from lcplm.data.datamodules import resumable_train_loader, shard
 from lcplm.data.genomes import (
     Genome,
     GenomeWindow,
@@ -50,6 +52,9 @@ from lcplm.data.paths import resolve_data_path
 from lcplm.errors import UserError
 
 log = logging.getLogger(__name__)
+
+# generator streams (lcplm.data.batching.seed_sequence) of training and validation masks
+TRAIN_STREAM, VAL_STREAM = 20, 21
 
 
 @dataclass
@@ -67,6 +72,19 @@ class GenomeDataConfig:
     mask_prob: float = 0.15  # MLM targets among residues (80% <mask>, 10% random, 10% kept)
     pad_to_multiple_of: int = 8
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("max_tokens", self.max_tokens >= 3, ">= 3 (<cls>, a residue, <eos>)"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "in [0, 1)"),
+            ("mask_prob", 0.0 < self.mask_prob <= 1.0, "in (0, 1]"),
+            ("pad_to_multiple_of", self.pad_to_multiple_of >= 1, ">= 1"),
+            ("num_workers", self.num_workers >= 0, ">= 0"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise UserError(f"data.{key} must be {want}, got {getattr(self, key)!r}")
 
 
 def load_genomes(cfg: GenomeDataConfig) -> list[Genome]:
@@ -106,19 +124,17 @@ def split_genomes(genomes: Sequence[Genome], cfg: GenomeDataConfig, seed: int) -
     return train, [g for g in genomes if g.genome_id in held]
 
 
-@dataclass
-class WindowItem:
-    window: GenomeWindow
-    allowed: torch.Tensor  # (P, P) bool
-    mask_seed: int
+class GenomeWindowDataset:
+    """Windows of a list of genomes with their ``allowed`` matrices (computed once);
+    ``dataset[BatchKey]`` is one masked batch of the key's windows."""
 
-
-class GenomeWindowDataset(Dataset):
-    """Windows of a list of genomes with their ``allowed`` matrices (computed once)."""
-
-    def __init__(self, genomes: Sequence[Genome], max_tokens: int, pair_source: PairSource):
+    def __init__(
+        self, genomes: Sequence[Genome], max_tokens: int, pair_source: PairSource,
+        seed: int = 0, stream: int = TRAIN_STREAM, mask_prob: float = 0.15, pad_to_multiple_of: int = 8,
+    ):
         self.windows: list[GenomeWindow] = [w for g in genomes for w in genome_windows(g, max_tokens)]
         self.allowed: list[torch.Tensor] = [pair_source.allowed(w) for w in self.windows]
+        self.seed, self.stream, self.mask_prob, self.pad = seed, stream, mask_prob, pad_to_multiple_of
         cropped = [p for w in self.windows for p in w.cropped]
         if cropped:
             log.warning("%d protein(s) longer than max_tokens-2 were cropped, e.g. %s", len(cropped), cropped[0])
@@ -126,74 +142,30 @@ class GenomeWindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, key: tuple[int, int]) -> WindowItem:
-        idx, mask_seed = key
-        return WindowItem(self.windows[idx], self.allowed[idx], mask_seed)
+    def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
+        idx = [int(i) for i in key.indices]
+        g = batch_generator(self.seed, self.stream, key.epoch, key.position)
+        return collate_windows([self.windows[i] for i in idx], [self.allowed[i] for i in idx], self.mask_prob, g, self.pad)
 
 
-class SeededBatchSampler(Sampler):
-    """Yields lists of ``(window index, mask seed)``; order from (seed, epoch), rank-sharded."""
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        seed: int,
-        shuffle: bool,
-        epoch: int = 0,
-        skip: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        self.n, self.bs, self.seed, self.shuffle = n, batch_size, seed, shuffle
-        self.epoch, self.skip, self.rank, self.world = epoch, skip, rank, world_size
-
-    def _batches(self) -> list[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        batches = [order[i : i + self.bs] for i in range(0, self.n, self.bs)]
-        usable = len(batches) - len(batches) % self.world if self.world > 1 else len(batches)
-        return batches[:usable]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batches = self._batches()
-        for b in range(self.rank + self.skip * self.world, len(batches), self.world):
-            seed = (self.seed * 1_000_003 + self.epoch) * 1_000_033 + b
-            yield [(i, seed + j) for j, i in enumerate(batches[b])]
-
-    def __len__(self) -> int:
-        # The whole epoch's count, skipped batches included: on resume Lightning restores its
-        # batch counter to ``skip`` and ends the epoch when the counter reaches this length.
-        return len(self._batches()) // self.world
-
-
-def collate_windows(items: Sequence[WindowItem], mask_prob: float, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
-    """Pad windows into a genome batch and mask it (seeded by the first item's mask seed)."""
+def collate_windows(
+    windows: Sequence[GenomeWindow], allowed: Sequence[torch.Tensor], mask_prob: float,
+    generator: torch.Generator, pad_to_multiple_of: int = 8,
+) -> dict[str, torch.Tensor]:
+    """Pad windows (with their (P, P) ``allowed`` matrices) into a genome batch and mask it."""
     from lcplm.data.masking import mask_tokens
 
-    ids, lengths = tokenizer.pad_batch([it.window.input_ids for it in items], pad_to_multiple_of)
+    ids, lengths = tokenizer.pad_batch([w.input_ids for w in windows], pad_to_multiple_of)
     B, L = ids.shape
     pid = torch.full((B, L), -1, dtype=torch.long)
-    P = max(it.allowed.shape[0] for it in items)
-    allowed = torch.zeros(B, P, P, dtype=torch.bool)
-    for b, it in enumerate(items):
-        pid[b, : len(it.window)] = it.window.pid
-        n = it.allowed.shape[0]
-        allowed[b, :n, :n] = it.allowed
-    g = torch.Generator().manual_seed(items[0].mask_seed)
-    masked, labels = mask_tokens(ids, g, mask_prob=mask_prob)
-    return {"input_ids": masked, "labels": labels, "lengths": lengths, "pid": pid, "allowed": allowed}
-
-
-class _Collate:
-    def __init__(self, mask_prob: float, pad_to_multiple_of: int):
-        self.mask_prob, self.pad = mask_prob, pad_to_multiple_of
-
-    def __call__(self, items: Sequence[WindowItem]) -> dict[str, torch.Tensor]:
-        return collate_windows(items, self.mask_prob, self.pad)
+    P = max(a.shape[0] for a in allowed)
+    allowed_b = torch.zeros(B, P, P, dtype=torch.bool)
+    for b, (w, a) in enumerate(zip(windows, allowed)):
+        pid[b, : len(w)] = w.pid
+        n = a.shape[0]
+        allowed_b[b, :n, :n] = a
+    masked, labels = mask_tokens(ids, generator, mask_prob=mask_prob)
+    return {"input_ids": masked, "labels": labels, "lengths": lengths, "pid": pid, "allowed": allowed_b}
 
 
 class GenomeDataModule(L.LightningDataModule):
@@ -201,10 +173,6 @@ class GenomeDataModule(L.LightningDataModule):
 
     def __init__(self, cfg: GenomeDataConfig, seed: int = 0):
         super().__init__()
-        if cfg.max_tokens < 3:
-            raise UserError(f"data.max_tokens must be at least 3, got {cfg.max_tokens}")
-        if cfg.batch_size < 1:
-            raise UserError(f"data.batch_size must be >= 1, got {cfg.batch_size}")
         self.cfg, self.seed = cfg, seed
         self.train_set: Optional[GenomeWindowDataset] = None
         self.val_set: Optional[GenomeWindowDataset] = None
@@ -215,38 +183,27 @@ class GenomeDataModule(L.LightningDataModule):
         genomes = load_genomes(self.cfg)
         train, val = split_genomes(genomes, self.cfg, self.seed)
         source = build_pair_source(self.cfg.pair_source, genomes)
-        self.train_set = GenomeWindowDataset(train, self.cfg.max_tokens, source)
-        self.val_set = GenomeWindowDataset(val, self.cfg.max_tokens, source)
+        c = self.cfg
+        self.train_set = GenomeWindowDataset(train, c.max_tokens, source, self.seed, TRAIN_STREAM, c.mask_prob, c.pad_to_multiple_of)
+        self.val_set = GenomeWindowDataset(val, c.max_tokens, source, self.seed, VAL_STREAM, c.mask_prob, c.pad_to_multiple_of)
         log.info(
             "genomes: %d train (%d windows), %d validation (%d windows); pair source %s",
             len(train), len(self.train_set), len(val), len(self.val_set), source.name,
         )
+        if not val:
+            log.warning("no validation genome (data.val_genomes / data.val_fraction): training without validation")
 
-    def _rank(self) -> tuple[int, int]:
-        t = self.trainer
-        return (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
-
-    def _loader(self, ds: GenomeWindowDataset, sampler: SeededBatchSampler) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_sampler=sampler,
-            collate_fn=_Collate(self.cfg.mask_prob, self.cfg.pad_to_multiple_of),
-            num_workers=self.cfg.num_workers,
-            persistent_workers=False,
-        )
+    def _sampler(self, ds: GenomeWindowDataset, shuffle: bool) -> FixedSizeBatchSampler:
+        world, rank = shard(self.trainer)
+        return FixedSizeBatchSampler(len(ds), self.cfg.batch_size, shuffle=shuffle, seed=self.seed, num_replicas=world, rank=rank)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        epoch, done = resume_position(self.trainer)
-        rank, world = self._rank()
-        sampler = SeededBatchSampler(
-            len(self.train_set), self.cfg.batch_size, self.seed, True, epoch, done, rank, world
-        )
-        return self._loader(self.train_set, sampler)
+        sampler = self._sampler(self.train_set, shuffle=True)
+        return resumable_train_loader(self.train_set, sampler, self.trainer, num_workers=self.cfg.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        rank, world = self._rank()
-        # a fixed masking seed (epoch -1): every validation sees the same targets
-        sampler = SeededBatchSampler(len(self.val_set), self.cfg.batch_size, self.seed, False, -1, 0, rank, world)
-        return self._loader(self.val_set, sampler)
+        # a fixed plan and masks (keys of epoch 0, validation stream): every validation sees the same targets
+        return DataLoader(self.val_set, batch_size=None, sampler=self._sampler(self.val_set, shuffle=False),
+                          num_workers=self.cfg.num_workers)

@@ -3,19 +3,19 @@
 The graph is read once (:mod:`lcplm.data.ppi_graph`); a held-out node set grown breadth-first
 (:func:`~lcplm.data.ppi_graph.split_nodes`) gives validation, and training and validation
 walks run on the two induced subgraphs, so no protein is in both. A training epoch starts
-``walks_per_node`` walks from every training node, in an order shuffled per (seed, epoch).
-Each batch is one vectorised call (:func:`~lcplm.data.walks.walk_contexts`) seeded by
-(seed, split, epoch, batch), then masked by :func:`lcplm.data.masking.mask_tokens` (residues
-only: the special tokens stay visible), so a batch is the same whatever the number of
-workers, and a resumed run sees the batches an uninterrupted one would.
+``walks_per_node`` walks from every training node: its start list (every node ``walks_per_node``
+times) is batched by :class:`~lcplm.data.batching.FixedSizeBatchSampler` (shuffled per
+(seed, epoch), sharded by rank, resumable). Each batch is one vectorised call
+(:func:`~lcplm.data.walks.walk_contexts`) seeded by (seed, split stream, epoch, batch position),
+then masked by :func:`lcplm.data.masking.mask_tokens` (residues only: the special tokens stay
+visible), so a batch is the same whatever the number of workers, and a resumed run sees the
+batches an uninterrupted one would.
 
 Batch: ``input_ids`` (B, L) right-padded with PAD, ``lengths`` (B,), ``labels`` (B, L).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,18 +23,17 @@ from typing import Optional
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from lcplm.data.batching import batch_generator
-from lcplm.data.datamodules import resume_position
+from lcplm.data.batching import BatchKey, FixedSizeBatchSampler, batch_generator
+from lcplm.data.datamodules import resumable_train_loader, shard
 from lcplm.data.ppi_graph import EDGE_FORMATS, PPIGraph, load_ppi_graph, split_nodes
 from lcplm.data.walks import CSRGraph, ProteinTable, check_budget, walk_contexts
 from lcplm.data.paths import is_shared, resolve_data_path
 from lcplm.errors import UserError
 
-# generator streams (lcplm.data.batching.batch_generator): batches, epoch orders, the node split
+# generator streams (lcplm.data.batching.seed_sequence): training and validation batches, the node split
 TRAIN_STREAM, VAL_STREAM, SPLIT_STREAM = 10, 11, 12
-ORDER_POSITION = 2**32 - 1  # position word of an epoch's start order (batches use 0, 1, ...)
 
 
 @dataclass
@@ -123,68 +122,32 @@ class WalkSplit:
         return self.graph.num_nodes
 
 
-class WalkContextDataset(Dataset):
-    """Item ``(epoch, b)`` is the b-th batch of that epoch: masked contexts of walks."""
+class WalkContextDataset:
+    """``dataset[BatchKey]`` is one batch: masked contexts of walks from the key's start items.
 
-    def __init__(self, split: WalkSplit, cfg: PPIWalkDataConfig, seed: int, stream: int, walks_per_node: int, shuffle: bool):
+    Item ``i`` of an epoch's start list (``num_nodes * walks_per_node`` items) is node
+    ``i % num_nodes``, so every node starts ``walks_per_node`` walks per epoch.
+    """
+
+    def __init__(self, split: WalkSplit, cfg: PPIWalkDataConfig, seed: int, stream: int, walks_per_node: int):
         self.split, self.cfg, self.seed, self.stream = split, cfg, seed, stream
-        self.walks_per_node, self.shuffle = walks_per_node, shuffle
-        self._starts: tuple[int, torch.Tensor] | None = None
+        self.walks_per_node = walks_per_node
 
-    def __len__(self) -> int:
-        return math.ceil(self.split.num_nodes * self.walks_per_node / self.cfg.batch_size)
+    @property
+    def num_starts(self) -> int:
+        return self.split.num_nodes * self.walks_per_node
 
-    def starts(self, epoch: int) -> torch.Tensor:
-        """Start nodes of the whole epoch, in order: (N * walks_per_node,)."""
-        if self._starts is None or self._starts[0] != epoch:
-            n = self.split.num_nodes * self.walks_per_node
-            if self.shuffle:
-                order = torch.randperm(n, generator=batch_generator(self.seed, self.stream, epoch, ORDER_POSITION))
-            else:
-                order = torch.arange(n)
-            self._starts = (epoch, order % self.split.num_nodes)
-        return self._starts[1]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
         from lcplm.data.masking import mask_tokens
 
-        epoch, b = key
-        bs = self.cfg.batch_size
-        starts = self.starts(epoch)[b * bs : (b + 1) * bs]
-        g = batch_generator(self.seed, self.stream, epoch, b)
+        starts = torch.from_numpy(key.indices % self.split.num_nodes)
+        g = batch_generator(self.seed, self.stream, key.epoch, key.position)
         c = self.cfg
         ids, lengths, _ = walk_contexts(
             self.split.graph, self.split.proteins, starts, c.context_len, c.max_protein_len, c.p_neg, g, c.fill_budget
         )
         masked, labels = mask_tokens(ids, g, mask_prob=c.mask_prob, mask_token_frac=c.mask_token_frac, random_token_frac=c.random_token_frac)
         return {"input_ids": masked, "lengths": lengths, "labels": labels}
-
-
-class EpochBatchSampler(Sampler):
-    """Yields this rank's ``(epoch, batch)`` keys; ranks take batches round-robin.
-
-    Every rank gets ``ceil(n / world_size)`` batches (the last few wrap around to the first),
-    as DDP needs equal counts. ``skip`` batches of ``epoch`` are left out once, for a run
-    resumed mid-epoch; Lightning calls :meth:`set_epoch` at every epoch start.
-    """
-
-    def __init__(self, num_batches: int, epoch: int = 0, skip: int = 0, rank: int = 0, world_size: int = 1, fixed_epoch: bool = False):
-        self.num_batches, self.epoch, self.rank, self.world = num_batches, epoch, rank, world_size
-        self.fixed_epoch = fixed_epoch
-        self._skip = (epoch, skip)
-
-    def set_epoch(self, epoch: int) -> None:
-        if not self.fixed_epoch:
-            self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_batches / self.world)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        skip = self._skip[1] if self._skip[0] == self.epoch else 0
-        self._skip = (self.epoch, 0)
-        for i in range(skip, len(self)):
-            yield self.epoch, (i * self.world + self.rank) % self.num_batches
 
 
 class PPIWalkDataModule(L.LightningDataModule):
@@ -215,23 +178,19 @@ class PPIWalkDataModule(L.LightningDataModule):
             f"({self.val_split.graph.col.numel() // 2} edges)"
         )
 
-    def _rank(self) -> tuple[int, int]:
-        t = self.trainer
-        return (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
-
-    def _loader(self, ds: WalkContextDataset, sampler: EpochBatchSampler) -> DataLoader:
-        return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.cfg.num_workers)
+    def _sampler(self, ds: WalkContextDataset, shuffle: bool) -> FixedSizeBatchSampler:
+        world, rank = shard(self.trainer)
+        return FixedSizeBatchSampler(
+            ds.num_starts, self.cfg.batch_size, shuffle=shuffle, seed=self.seed, num_replicas=world, rank=rank
+        )
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        epoch, done = resume_position(self.trainer)
-        rank, world = self._rank()
-        ds = WalkContextDataset(self.train_split, self.cfg, self.seed, stream=TRAIN_STREAM, walks_per_node=self.cfg.walks_per_node, shuffle=True)
-        return self._loader(ds, EpochBatchSampler(len(ds), epoch, done, rank, world))
+        ds = WalkContextDataset(self.train_split, self.cfg, self.seed, TRAIN_STREAM, self.cfg.walks_per_node)
+        return resumable_train_loader(ds, self._sampler(ds, shuffle=True), self.trainer, num_workers=self.cfg.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        rank, world = self._rank()
         # one walk from every held-out node, the same walks and masks at every validation
-        ds = WalkContextDataset(self.val_split, self.cfg, self.seed, stream=VAL_STREAM, walks_per_node=1, shuffle=True)
-        return self._loader(ds, EpochBatchSampler(len(ds), 0, 0, rank, world, fixed_epoch=True))
+        ds = WalkContextDataset(self.val_split, self.cfg, self.seed, VAL_STREAM, walks_per_node=1)
+        return DataLoader(ds, batch_size=None, sampler=self._sampler(ds, shuffle=False), num_workers=self.cfg.num_workers)
