@@ -8,9 +8,11 @@ with the FASTA reader and the tokenizer, and indexes them:
   genome order (pyhmmer's test data, MIT): the default stage-1 training set;
 - with ``--with-phages``: ``phages/phage_{Agate,Topaz}.faa`` (pyrodigal-gv's test data, GPL-3).
 
-``lcplm data stats FASTA... [--max-length N] [--max-tokens N]`` prints record counts, the
-length distribution, and one epoch's padding and budget fill for naive padded, bucketed
-padded and packed token-budget batches (``default`` names the prepared default proteome).
+``lcplm data stats FASTA... [--max-length N] [--max-tokens N]`` prints record counts (and the
+characters read as <unk>: digits, 'J', '*' inside a sequence), the length distribution, and one
+epoch's padding and budget fill for naive padded, bucketed padded and packed token-budget
+batches (``default`` names the prepared default proteome; ``-`` reads stdin; pipes and FIFOs
+are copied once into the cache, see :mod:`lcplm.data.inputs`).
 """
 
 from __future__ import annotations
@@ -108,11 +110,12 @@ def describe(path: Path, max_length: int, max_tokens: int, bucket_size: int, cac
     """The text ``lcplm data stats`` prints for one file."""
     idx = FastaIndex(path, cache_dir)
     lengths = np.asarray(idx.lengths)
+    counts = idx.counts
     q = np.percentile(lengths, [10, 50, 90, 99])
     cropped = int((lengths > max_length - 2).sum())
     tl = token_lengths(lengths, max_length)
     lines = [
-        f"{path}: {len(lengths):,} records, {int(lengths.sum()):,} residues",
+        f"{idx.name}: {len(lengths):,} records, {int(lengths.sum()):,} residues{counts.unk_note()}",
         f"  length (residues): min {lengths.min()}, p10 {q[0]:.0f}, median {q[1]:.0f}, mean {lengths.mean():.1f}, "
         f"p90 {q[2]:.0f}, p99 {q[3]:.0f}, max {lengths.max()}",
         f"  cropped at max_length={max_length} tokens: {cropped:,} records ({cropped / len(lengths):.1%}), "
@@ -135,7 +138,8 @@ def main(argv: list[str]) -> int:
     pd.add_argument("--cache-dir", default=None, help=f"cache root (default: $LCPLM_CACHE_DIR or ./.cache; now {cache_root()})")
     pd.add_argument("--with-phages", action="store_true", help="also copy pyrodigal-gv's two phage proteomes")
     st = sub.add_parser("stats", help="record count, length distribution and batching efficiency of FASTA files")
-    st.add_argument("fasta", nargs="+", help="FASTA files (plain, gzip, BGZF); 'default' = the prepared default proteome")
+    st.add_argument("fasta", nargs="+", help="FASTA files (plain, gzip, BGZF; a pipe, FIFO or '-' for stdin); "
+                    "'default' = the prepared default proteome")
     st.add_argument("--max-length", type=int, default=1024, help="tokens per sequence incl. <cls>/<eos> (default 1024)")
     st.add_argument("--max-tokens", type=int, default=16384, help="token budget per batch (default 16384)")
     st.add_argument("--bucket-size", type=int, default=4096, help="records per length-sorting bucket (default 4096)")
