@@ -66,6 +66,13 @@ class FastaCounts:
     unk_records: int = 0  # records with at least one of them
     unk_example: str = ""  # the first such record's id
 
+    def add(self, other: "FastaCounts") -> None:
+        self.records += other.records
+        self.residues += other.residues
+        self.unk += other.unk
+        self.unk_records += other.unk_records
+        self.unk_example = self.unk_example or other.unk_example
+
     def unk_note(self) -> str:
         """'' or '; N characters read as <unk> (...) in M records, e.g. ID'."""
         if not self.unk:

@@ -310,17 +310,23 @@ def test_static_pair_sources(n):
     assert int(a[others][:, others].sum()) == len(others)  # non-global pairs only on the diagonal
 
 
-def test_static_sources_equal_kernel_builders():
-    layout = pytest.importorskip("lcplm_kernels.block_sparse_attn.layout")
+def test_static_matrices_have_one_home():
+    """The allowed-pair builders live in lcplm_kernels.block_sparse_attn.layout only; lcplm.data
+    imports them from there, which loads torch but neither Triton nor any higher lcplm layer."""
+    import subprocess
+    import sys
+
+    from lcplm.data import pair_sources
+    from lcplm_kernels.block_sparse_attn import layout
+
+    for name in ("dense_allowed", "single_protein_allowed", "window_allowed", "global_allowed", "allowed_from_pairs"):
+        assert getattr(pair_sources, name) is getattr(layout, name), name
     w = _window(9)
-    pairs = {
-        "dense": layout.dense_allowed(9),
-        "single_protein": layout.single_protein_allowed(9),
-        "window": layout.window_allowed(9, 2),
-        "global": layout.global_allowed(9, evenly_spaced(9, 1)),
-    }
-    for name, want in pairs.items():
-        assert torch.equal(build_pair_source(PairSourceConfig(name, window=2, num_global=1)).allowed(w), want), name
+    assert torch.equal(build_pair_source(PairSourceConfig("window", window=2)).allowed(w), layout.window_allowed(9, 2))
+    probe = ("import sys, lcplm.data.pair_sources; "
+             "print(sorted(m for m in ('triton', 'lightning', 'lcplm.models', 'lcplm.tasks') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_edge_list_and_ppi_source(tmp_path):

@@ -154,11 +154,12 @@ def test_fifo_with_a_late_writer_is_read(tmp_path):
 
 def test_stdin_dash_and_terminal(monkeypatch, tmp_path):
     data = _fasta_bytes()
-    src = tmp_path / "x.fa"
-    src.write_bytes(data)
-    with open(src, "rb") as f:
-        monkeypatch.setattr(sys, "stdin", open(f.fileno(), "r", closefd=False))
+    pipe = _PipeWriter(data)
+    try:
+        monkeypatch.setattr(sys, "stdin", open(pipe.r, "r", closefd=False))
         assert [(r.id, len(r.sequence)) for r in iter_fasta("-")] == _expected(data)
+    finally:
+        pipe.close()
 
     class Tty:
         closed = False
@@ -184,9 +185,11 @@ def test_open_input_errors_are_one_line(tmp_path):
     assert spool_input(tmp_path / "empty") == tmp_path / "empty"  # regular files are not copied
 
 
-def _run(args: list[str], stdin=None, env_extra=None, timeout=60) -> subprocess.CompletedProcess:
+def _run(args: list[str], piped: bytes | None = None, env_extra=None, timeout=60) -> subprocess.CompletedProcess:
+    """``python -m lcplm ARGS``, with ``piped`` written into its stdin through a pipe (as `cat f |`)."""
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'kernels'}", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "lcplm", *args], stdin=stdin, capture_output=True, env=env,
+    return subprocess.run([sys.executable, "-m", "lcplm", *args], input=piped,
+                          stdin=None if piped is not None else subprocess.DEVNULL, capture_output=True, env=env,
                           timeout=timeout, cwd=REPO)
 
 
@@ -196,11 +199,9 @@ def test_cli_stats_through_stdin_and_a_fifo_without_writer(tmp_path):
     src.write_bytes(data)
     total = sum(n for _, n in _expected(data))
     cache = ["--cache-dir", str(tmp_path / "c")]
-    for path in ("-", "/dev/stdin"):
-        with open(src, "rb") as f:
-            r = _run(["data", "stats", path, *cache], stdin=f)
-        assert r.returncode == 0, r.stderr.decode()
-        assert f"104 records, {total:,} residues" in r.stdout.decode()
+    r = _run(["data", "stats", "/dev/stdin", *cache], piped=data)  # '-' is covered in-process above
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"104 records, {total:,} residues" in r.stdout.decode()
     fifo = tmp_path / "fifo.fa"
     os.mkfifo(fifo)
     t0 = time.monotonic()
@@ -208,3 +209,20 @@ def test_cli_stats_through_stdin_and_a_fifo_without_writer(tmp_path):
     err = r.stderr.decode().strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and "no data arrived on this FIFO" in err
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_cli_embed_reads_every_record_from_stdin(tmp_path):
+    """The issue's case: `cat f.fa | lcplm embed --fasta /dev/stdin` embedded 72 of 104 records."""
+    import torch
+
+    from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
+    from lcplm.models.convert import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.ckpt"
+    save_checkpoint(BiMambaLM(BiMambaConfig(d_model=8, n_layer=1, d_state=4)), ckpt)
+    r = _run(["embed", "--checkpoint", str(ckpt), "--fasta", "/dev/stdin", "--out", str(tmp_path / "o"),
+              "--no-progress", "--format", "npy"], piped=_fasta_bytes(), timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "lcplm embed: 104 sequences" in r.stdout.decode()

@@ -24,12 +24,13 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lcplm.data.batching import BatchKey, ResumableDataLoader, TokenBudgetBatchSampler, token_lengths
 from lcplm.data.cache import default_proteome_path
 from lcplm.data.collate import TRAIN_STREAM, VAL_STREAM, MLMCollator
 from lcplm.data.datamodules import resume_position
-from lcplm.data.fasta import FastaIndex
+from lcplm.data.fasta import FastaCounts, FastaIndex
 from lcplm.data.split import split_indices
 from lcplm.data.tokenizer import encode_residues
 from lcplm.errors import UserError
@@ -147,6 +148,10 @@ class FastaDataModule(L.LightningDataModule):
         self._token_lengths = token_lengths(lengths, self.cfg.max_length)
         self.train_indices, self.val_indices = split_indices(hashes, self.cfg.val_fraction)
         where = ", ".join(self.resolved_paths())
+        total = FastaCounts()
+        for source in self.sources:
+            total.add(source.counts)
+        rank_zero_info(f"data: {total.records:,} records, {total.residues:,} residues from {where}{total.unk_note()}")
         if len(self.train_indices) == 0:
             raise UserError(f"data.val_fraction={self.cfg.val_fraction} leaves no training records in {where}")
         if self.cfg.val_fraction > 0 and len(self.val_indices) == 0:
