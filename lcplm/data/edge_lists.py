@@ -50,21 +50,27 @@ def default_min_score(edge_format: str) -> float:
     return PAIRS_MIN_SCORE if edge_format == "pairs" else STRING_MIN_SCORE
 
 
-def check_edge_options(edge_format: str, min_score: Optional[float], modes: Optional[Sequence[str]], key: str) -> None:
+def check_edge_options(
+    edge_format: str, min_score: Optional[float], modes: Optional[Sequence[str]], key: Optional[str]
+) -> None:
     """Reject an unknown format, a NaN threshold or an unknown mode, naming the config key
-    (``key`` is the section, e.g. ``data`` or ``data.pair_source``)."""
+    (``key`` is the section, e.g. ``data`` or ``data.pair_source``; None: command-line flags)."""
+
+    def name(option: str) -> str:
+        return f"{key}.{option}" if key else "--" + {"edge_format": "format"}.get(option, option).replace("_", "-")
+
     if edge_format not in EDGE_FORMATS:
-        raise UserError(f"{key}.edge_format must be one of {list(EDGE_FORMATS)}, got {edge_format!r}")
+        raise UserError(f"{name('edge_format')} must be one of {list(EDGE_FORMATS)}, got {edge_format!r}")
     if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or math.isnan(min_score)):
-        raise UserError(f"{key}.min_score must be a number or null, got {min_score!r}")
+        raise UserError(f"{name('min_score')} must be a number or null, got {min_score!r}")
     if modes is not None:
         if edge_format != "string_actions":
-            raise UserError(f"{key}.modes only applies to edge_format string_actions (got edge_format {edge_format!r})")
+            raise UserError(f"{name('modes')} only applies to edge_format string_actions (got {edge_format!r})")
         if isinstance(modes, str) or not isinstance(modes, Sequence) or not modes:
-            raise UserError(f"{key}.modes must be a non-empty list of STRING modes or null, got {modes!r}")
+            raise UserError(f"{name('modes')} must be a non-empty list of STRING modes or null, got {modes!r}")
         unknown = [m for m in modes if m not in MODES]
         if unknown:
-            raise UserError(f"{key}.modes: unknown mode(s) {unknown}; STRING's modes are {list(MODES)}")
+            raise UserError(f"{name('modes')}: unknown mode(s) {unknown}; STRING's modes are {list(MODES)}")
 
 
 def table_lines(path: str | os.PathLike, what: str) -> Iterator[tuple[int, list[str]]]:
@@ -142,7 +148,7 @@ def read_edges(
 ) -> EdgeList:
     """The edges of a file under the edge rule (module docstring); ``min_score=None`` is the
     format's default. Malformed lines are errors naming the file and line."""
-    check_edge_options(edge_format, min_score, modes, "edge list")
+    check_edge_options(edge_format, min_score, modes, "read_edges")
     threshold = default_min_score(edge_format) if min_score is None else float(min_score)
     if edge_format == "pairs":
         return _read_pairs(path, threshold)

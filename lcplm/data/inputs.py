@@ -40,6 +40,9 @@ DEFAULT_FIFO_TIMEOUT_S = 30.0
 SNIFF_BYTES = 18  # a gzip header with the BGZF extra field
 # What a truncated or corrupt gzip/BGZF stream raises while it is read (Bio.bgzf raises struct.error).
 DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, struct.error)
+# The empty block every BGZF file ends with (SAM/BAM specification, 4.1.2): without it a file cut
+# at a block boundary would read as valid data, silently shorter.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
 def input_name(path: str | os.PathLike) -> str:
@@ -205,6 +208,17 @@ def open_input(path: str | os.PathLike, what: str = "input", decompress: bool = 
             raw.close()
         raise UserError(f"{name}: empty file (no {what} data)")
     kind = sniff_kind(head)
+    if kind == "bgzf" and regular:
+        try:
+            with open(path, "rb") as f:
+                f.seek(-len(BGZF_EOF), os.SEEK_END)
+                tail = f.read()
+        except OSError:
+            tail = b""
+        if tail != BGZF_EOF:
+            if close_raw:
+                raw.close()
+            raise UserError(f"{name}: corrupt or truncated BGZF file (no end-of-file marker block; was it cut short?)")
     stream: BinaryIO = io.BufferedReader(_Prefixed(head, raw, close_raw), buffer_size=1 << 16)
     if decompress and kind != "plain":
         return Input(name, kind, gzip.GzipFile(fileobj=stream, mode="rb"), regular, underneath=stream)

@@ -242,3 +242,15 @@ def test_truncated_bgzf_is_one_line(tmp_path: Path):
             with pytest.raises(UserError, match="corrupt or truncated") as e:
                 read()
             assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_bgzf_cut_at_a_block_boundary_is_not_silently_shorter(tmp_path: Path):
+    from Bio import bgzf
+
+    data = bgzip(fasta_text(RECORDS * 40).encode(), tmp_path / "full.fa.gz", block=501).read_bytes()
+    with open(tmp_path / "full.fa.gz", "rb") as fh:
+        starts = [start for start, *_ in bgzf.BgzfBlocks(fh)]
+    p = write(tmp_path / "cut.fa.gz", data[: starts[len(starts) // 2]])  # whole blocks, records lost
+    for read in (lambda: list(iter_fasta(p)), lambda: FastaIndex(p)):
+        with pytest.raises(UserError, match="no end-of-file marker"):
+            read()
