@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
 export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast bench gpu-check data clean
+.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast fuzz bench gpu-check data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: install ## run the test suite (GPU / Slurm tests skip without them)
 
 test-fast: install ## run the tests not marked slow
 	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+fuzz: install ## feed 5,000 generated valid and malformed input files to every reader and CLI (ARGS="--seed N")
+	$(PY) tests/fuzz/run.py --cases 5000 $(ARGS)
 
 bench: install ## run the CPU benchmarks (ratios printed side by side)
 	$(PY) benchmarks/run_all.py

@@ -352,7 +352,7 @@ class FastaIndex(Sequence):
 
         try:
             bufs["id_offsets"].append(0)
-            with open_input(data, "FASTA") as inp:
+            with open_input(data, "FASTA", name=self.name) as inp:
                 for p in parse_fasta_stream(inp.stream, self.name, keep_sequence=False):
                     raw_id = p.id.encode("utf-8")
                     files["ids"].write(raw_id)

@@ -206,7 +206,7 @@ def _iter_genbank_records(text: io.TextIOBase, name: str):
             for w in caught[seen:]:
                 msg = str(w.message).splitlines()[0]
                 if any(t in msg.lower() for t in _TRUNCATION):
-                    raise UserError(f"{name}: record {gid!r} is truncated ({msg.rstrip('.')}); the file is cut short or damaged")
+                    raise UserError(f"{name}: record {gid!r} is truncated or damaged ({msg.rstrip('.')})")
             seen = len(caught)
             last = gid
             yield gid, rec
@@ -240,10 +240,10 @@ def _cds_protein(f, rec, gid: str, pid: str, name: str) -> tuple[Optional[str], 
         nuc = f.extract(rec.seq)
         if partial:
             nuc = nuc[int(codon_start) - 1 :]
-            nuc = nuc[: len(nuc) // 3 * 3]
-            protein = str(nuc.translate(table=int(table)))
-            protein = protein[:-1] if protein.endswith("*") else protein
-            return (protein or None), True, (None if protein else "partial CDS shorter than a codon")
+            protein = str(nuc[: len(nuc) // 3 * 3].translate(table=int(table)))  # a final '*' is dropped later
+            if not tokenizer.has_letter(protein.encode("latin-1")):
+                return None, True, "partial CDS without a sense codon"
+            return protein, True, None
         if codon_start != "1":
             return None, False, "complete CDS with /codon_start other than 1"
         return str(nuc.translate(table=int(table), cds=True)), False, None

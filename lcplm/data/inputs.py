@@ -85,23 +85,29 @@ def sniff_kind(head: bytes) -> str:
 
 
 class _Prefixed(io.RawIOBase):
-    """The bytes already read for sniffing, then the rest of the raw stream."""
+    """The bytes already read for sniffing, then the rest of the raw stream. With ``bgzf``, the
+    end of the stream must be BGZF's end-of-file block (else EOFError, a decompression error)."""
 
-    def __init__(self, head: bytes, raw: BinaryIO, close_raw: bool):
+    def __init__(self, head: bytes, raw: BinaryIO, close_raw: bool, bgzf: bool = False):
         self._head, self._raw, self._close_raw = head, raw, close_raw
+        self._bgzf = bgzf
+        self._tail = b""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
         if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._raw.read(len(b))
+            data = self._head[: len(b)]
+            self._head = self._head[len(data) :]
+        else:
+            data = self._raw.read(len(b))
         if not data:
+            if self._bgzf and self._tail != BGZF_EOF:
+                raise EOFError("no end-of-file marker block at the end of the BGZF data: the file was cut short")
             return 0
+        if self._bgzf:
+            self._tail = (self._tail + data)[-len(BGZF_EOF) :]
         b[: len(data)] = data
         return len(data)
 
@@ -147,9 +153,9 @@ def _wait_for_writer(fd: int, name: str, timeout: float) -> None:
         )
 
 
-def _open_raw(path: str | os.PathLike, what: str) -> tuple[str, BinaryIO, bool, bool]:
+def _open_raw(path: str | os.PathLike, what: str, name: Optional[str] = None) -> tuple[str, BinaryIO, bool, bool]:
     """(name, raw binary stream, is a regular file, close the stream when done)."""
-    name = input_name(path)
+    name = name or input_name(path)
     if str(path) == STDIN:
         stdin = sys.stdin
         if stdin is None or stdin.closed:
@@ -183,15 +189,17 @@ def _open_raw(path: str | os.PathLike, what: str) -> tuple[str, BinaryIO, bool, 
         raise UserError(f"{name}: cannot open ({e.strerror})") from None
 
 
-def open_input(path: str | os.PathLike, what: str = "input", decompress: bool = True) -> Input:
+def open_input(path: str | os.PathLike, what: str = "input", decompress: bool = True, name: Optional[str] = None) -> Input:
     """Open ``path`` (a file, pipe, FIFO, or ``-`` for stdin) once, for streaming.
+
+    ``name`` replaces the path in messages (for a cached copy that stands for a user's input).
 
     ``what`` names the format in messages ("FASTA", "GenBank", "edge list", ...). An input with no
     bytes at all is an error ("empty file"). With ``decompress`` (default) gzip and BGZF data
     come out decompressed; a truncated stream then raises one of
     :data:`DECOMPRESSION_ERRORS` while it is read, which readers turn into one line.
     """
-    name, raw, regular, close_raw = _open_raw(path, what)
+    name, raw, regular, close_raw = _open_raw(path, what, name)
     try:
         head = b""
         while len(head) < SNIFF_BYTES:  # a pipe may deliver the first bytes in small pieces
@@ -208,18 +216,8 @@ def open_input(path: str | os.PathLike, what: str = "input", decompress: bool = 
             raw.close()
         raise UserError(f"{name}: empty file (no {what} data)")
     kind = sniff_kind(head)
-    if kind == "bgzf" and regular:
-        try:
-            with open(path, "rb") as f:
-                f.seek(-len(BGZF_EOF), os.SEEK_END)
-                tail = f.read()
-        except OSError:
-            tail = b""
-        if tail != BGZF_EOF:
-            if close_raw:
-                raw.close()
-            raise UserError(f"{name}: corrupt or truncated BGZF file (no end-of-file marker block; was it cut short?)")
-    stream: BinaryIO = io.BufferedReader(_Prefixed(head, raw, close_raw), buffer_size=1 << 16)
+    prefixed = _Prefixed(head, raw, close_raw, bgzf=decompress and kind == "bgzf")
+    stream: BinaryIO = io.BufferedReader(prefixed, buffer_size=1 << 16)
     if decompress and kind != "plain":
         return Input(name, kind, gzip.GzipFile(fileobj=stream, mode="rb"), regular, underneath=stream)
     return Input(name, kind, stream, regular)
