@@ -226,3 +226,18 @@ def test_cli_embed_reads_every_record_from_stdin(tmp_path):
               "--no-progress", "--format", "npy"], piped=_fasta_bytes(), timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert "lcplm embed: 104 sequences" in r.stdout.decode()
+
+
+def test_pretraining_data_from_a_pipe_is_read_once_for_prepare_and_setup(tmp_path):
+    from lcplm.data.datamodules.fasta import FastaDataConfig, FastaDataModule
+
+    data = _fasta_bytes()
+    pipe = _PipeWriter(data)
+    try:
+        dm = FastaDataModule(FastaDataConfig(path=pipe.path, val_fraction=0.1, max_length=64, max_tokens=256))
+        dm.prepare_data()  # Lightning calls both; the pipe can only be read once
+        dm.setup()
+    finally:
+        pipe.close()
+    assert sum(len(s) for s in dm.sources) == 104
+    assert len(dm.train_indices) + len(dm.val_indices) == 104
