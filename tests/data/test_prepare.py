@@ -78,7 +78,7 @@ def test_stats_reports_unk_characters_and_other_formats(tmp_path: Path, capsys):
     p = tmp_path / "x.fa"
     p.write_text(">a\nMK1V*\n>b\nM*KV\n>c\nMKV\n")
     assert cli(["data", "stats", str(p)]) == 0
-    assert "3 records, 10 residues; 2 characters read as <unk>" in capsys.readouterr().out
+    assert "3 records, 11 residues; 2 characters read as <unk>" in capsys.readouterr().out
     edges = tmp_path / "e.tsv"
     edges.write_text("a b 0.5\nb c 0.4\nc c\n")
     assert cli(["data", "stats", "--format", "pairs", str(edges)]) == 0
