@@ -120,12 +120,11 @@ class _Prefixed(io.RawIOBase):
 class Input:
     """An opened input. ``stream`` yields the decompressed bytes from the first one on.
 
-    ``name``: for messages; ``kind``: 'plain' | 'gzip' | 'bgzf' (of the bytes as stored);
-    ``regular``: True when ``name`` is a regular file that may be reopened.
+    ``name``: for messages; ``kind``: 'plain' | 'gzip' | 'bgzf' (of the bytes as stored).
     """
 
-    def __init__(self, name: str, kind: str, stream: BinaryIO, regular: bool, underneath: Optional[BinaryIO] = None):
-        self.name, self.kind, self.stream, self.regular = name, kind, stream, regular
+    def __init__(self, name: str, kind: str, stream: BinaryIO, underneath: Optional[BinaryIO] = None):
+        self.name, self.kind, self.stream = name, kind, stream
         self._underneath = underneath  # the compressed stream below a GzipFile (which does not close it)
 
     def __enter__(self) -> "Input":
@@ -153,8 +152,8 @@ def _wait_for_writer(fd: int, name: str, timeout: float) -> None:
         )
 
 
-def _open_raw(path: str | os.PathLike, what: str, name: Optional[str] = None) -> tuple[str, BinaryIO, bool, bool]:
-    """(name, raw binary stream, is a regular file, close the stream when done)."""
+def _open_raw(path: str | os.PathLike, what: str, name: Optional[str] = None) -> tuple[str, BinaryIO, bool]:
+    """(name, raw binary stream, close the stream when done)."""
     name = name or input_name(path)
     if str(path) == STDIN:
         stdin = sys.stdin
@@ -162,7 +161,7 @@ def _open_raw(path: str | os.PathLike, what: str, name: Optional[str] = None) ->
             raise UserError(f"{name}: standard input is closed (pipe the {what} in, or give a path)")
         if stdin.isatty():
             raise UserError(f"{name}: standard input is a terminal; pipe the {what} in (`... | lcplm ...`) or give a path")
-        return name, stdin.buffer, False, False
+        return name, stdin.buffer, False
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -181,8 +180,12 @@ def _open_raw(path: str | os.PathLike, what: str, name: Optional[str] = None) ->
             except BaseException:
                 os.close(fd)
                 raise
-            return name, open(fd, "rb", buffering=0), False, True
-        return name, open(path, "rb", buffering=0), stat.S_ISREG(st.st_mode), True
+            return name, open(fd, "rb", buffering=0), True
+        raw = open(path, "rb", buffering=0)
+        if stat.S_ISCHR(st.st_mode) and raw.isatty():  # e.g. /dev/stdin at an interactive shell
+            raw.close()
+            raise UserError(f"{name}: is a terminal; pipe the {what} in (`... | lcplm ...`) or give a file")
+        return name, raw, True
     except PermissionError:
         raise UserError(f"{name}: permission denied") from None
     except OSError as e:
@@ -199,7 +202,7 @@ def open_input(path: str | os.PathLike, what: str = "input", decompress: bool = 
     come out decompressed; a truncated stream then raises one of
     :data:`DECOMPRESSION_ERRORS` while it is read, which readers turn into one line.
     """
-    name, raw, regular, close_raw = _open_raw(path, what, name)
+    name, raw, close_raw = _open_raw(path, what, name)
     try:
         head = b""
         while len(head) < SNIFF_BYTES:  # a pipe may deliver the first bytes in small pieces
@@ -219,8 +222,8 @@ def open_input(path: str | os.PathLike, what: str = "input", decompress: bool = 
     prefixed = _Prefixed(head, raw, close_raw, bgzf=decompress and kind == "bgzf")
     stream: BinaryIO = io.BufferedReader(prefixed, buffer_size=1 << 16)
     if decompress and kind != "plain":
-        return Input(name, kind, gzip.GzipFile(fileobj=stream, mode="rb"), regular, underneath=stream)
-    return Input(name, kind, stream, regular)
+        return Input(name, kind, gzip.GzipFile(fileobj=stream, mode="rb"), underneath=stream)
+    return Input(name, kind, stream)
 
 
 def open_text_input(path: str | os.PathLike, what: str = "input") -> tuple[Input, TextIO]:
@@ -238,7 +241,7 @@ def spool_input(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     """
     if is_regular_file(path):
         return Path(path)
-    name, raw, _, close_raw = _open_raw(path, what)
+    name, raw, close_raw = _open_raw(path, what)
     spool = cache_root(cache_dir) / "spool"
     try:
         spool.mkdir(parents=True, exist_ok=True)

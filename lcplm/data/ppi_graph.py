@@ -24,15 +24,12 @@ import torch
 from torch_geometric.data import Data
 
 from lcplm.data import tokenizer
-from lcplm.data.edge_lists import EDGE_FORMATS, EdgeList, read_edges, read_string_links
+from lcplm.data.edge_lists import EdgeList, read_edges
 from lcplm.data.fasta import parse_fasta_stream
 from lcplm.data.inputs import DECOMPRESSION_ERRORS, open_input
 from lcplm.errors import UserError
 
 log = logging.getLogger(__name__)
-
-__all__ = ["EDGE_FORMATS", "EdgeList", "GraphReport", "PPIGraph", "SequenceTable", "build_graph", "load_ppi_graph",
-           "read_sequence_table", "read_string_links", "split_nodes"]
 
 N_EXAMPLE_IDS = 5  # how many missing ids a report or an error names
 

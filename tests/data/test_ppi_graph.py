@@ -9,14 +9,8 @@ import logging
 import pytest
 import torch
 
-from lcplm.data.edge_lists import read_edges
-from lcplm.data.ppi_graph import (
-    build_graph,
-    load_ppi_graph,
-    read_sequence_table,
-    read_string_links,
-    split_nodes,
-)
+from lcplm.data.edge_lists import read_edges, read_string_links
+from lcplm.data.ppi_graph import build_graph, load_ppi_graph, read_sequence_table, split_nodes
 from lcplm.errors import UserError
 from conftest import shared_data
 

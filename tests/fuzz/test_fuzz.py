@@ -10,7 +10,6 @@ import os
 import random
 
 import fuzz_formats  # noqa: F401  (registers the formats)
-import pytest
 from fuzz_harness import FORMATS, run_many
 
 SEED = int(os.environ.get("LCPLM_FUZZ_SEED") or random.SystemRandom().randrange(2**31))
