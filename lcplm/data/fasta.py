@@ -112,7 +112,7 @@ def parse_fasta_stream(fh: BinaryIO, name: str, keep_sequence: bool = True) -> I
     letter = False
     last = b""
     offset = 0
-    plain_or_space = tokenizer.PLAIN_RESIDUE_BYTES + _WHITESPACE
+    plain = tokenizer.PLAIN_RESIDUE_BYTES
 
     def finish() -> _Parsed:
         nonlocal unk
@@ -134,31 +134,24 @@ def parse_fasta_stream(fh: BinaryIO, name: str, keep_sequence: bool = True) -> I
                 header, h_line, h_off = line, line_no, offset
                 rid = _header(name, line, line_no)[0]
                 parts, n, unk, letter, last = [], 0, 0, False, b""
-            elif line.translate(None, plain_or_space):  # some byte that is not a plain residue
-                s = line.translate(None, _WHITESPACE)
-                if header is None:
-                    raise UserError(
-                        f"{name}: line {line_no}: sequence data before the first '>' header (not a FASTA file?)"
-                    )
-                bad = tokenizer.first_invalid_byte(s)
-                if bad >= 0:
-                    raise UserError(
-                        f"{name}: record {rid!r}, line {line_no}: {tokenizer.describe_byte(s[bad])} is not a "
-                        "residue (letters, '.', '-', '*' and digits are allowed)"
-                    )
-                n += len(s)
-                unk += tokenizer.count_unk(s)
-                letter = letter or tokenizer.has_letter(s)
-                last = s
-                if keep_sequence:
-                    parts.append(s)
             else:
-                s = line.translate(None, _WHITESPACE)
+                s = line.rstrip(b"\r\n")
+                odd = bool(s.translate(None, plain))  # whitespace inside, or a byte that is not a plain residue
+                if odd:
+                    s = s.translate(None, _WHITESPACE)
                 if s:
                     if header is None:
                         raise UserError(
                             f"{name}: line {line_no}: sequence data before the first '>' header (not a FASTA file?)"
                         )
+                    if odd:
+                        bad = tokenizer.first_invalid_byte(s)
+                        if bad >= 0:
+                            raise UserError(
+                                f"{name}: record {rid!r}, line {line_no}: {tokenizer.describe_byte(s[bad])} is not a "
+                                "residue (letters, '.', '-', '*' and digits are allowed)"
+                            )
+                        unk += tokenizer.count_unk(s)
                     n += len(s)
                     last = s
                     letter = letter or tokenizer.has_letter(s)
