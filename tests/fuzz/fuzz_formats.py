@@ -469,7 +469,8 @@ def edges_case(rng: random.Random) -> Case:
             opts["modes"] = ["binding"]
             error = ("only applies to edge_format string_actions",)
         lines, *_ = edge_lines(rng, fmt, {**opts, "modes": None}, "none")
-        return Case({"edges.txt": lines.bytes()}, error=error, options=opts, names_input=False, note=f"{fmt}, bad option")
+        return Case({"edges.txt": lines.bytes()}, error=error, options=opts, names_input=False, options_error=True,
+                    note=f"{fmt}, bad option")
     lines, expect, error, note = edge_lines(rng, fmt, opts, defect)
     data, kind = compress(rng, lines.bytes()) if defect != "empty" else (b"", "plain")
     name = "edges.txt" + (".gz" if kind != "plain" else "")
