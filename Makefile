@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
 export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast lint bench gpu-check data clean
+.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast lint fuzz bench gpu-check data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ test-fast: install ## run the tests not marked slow
 
 lint: install ## ruff (pyflakes and syntax checks) over the package, kernels, tests and benchmarks
 	$(PY) -m ruff check lcplm kernels tests benchmarks
+
+fuzz: install ## feed 5,000 generated valid and malformed input files to every reader and CLI (ARGS="--seed N")
+	$(PY) tests/fuzz/run.py --cases 5000 $(ARGS)
 
 bench: install ## run the CPU benchmarks (ratios printed side by side)
 	$(PY) benchmarks/run_all.py

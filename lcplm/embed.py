@@ -331,7 +331,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lcplm embed", description="Per-sequence (and per-residue) embeddings of a FASTA file.")
     p.add_argument("--checkpoint", required=True,
                    help="lcplm checkpoint (.ckpt, also from `lcplm convert`) or a released LC-PLM model directory")
-    p.add_argument("--fasta", required=True, help="input FASTA (plain or gzip)")
+    p.add_argument("--fasta", required=True, help="input FASTA (plain or gzip; a pipe, FIFO or '-' for stdin)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--per-residue", action="store_true", help="also write per-residue embeddings")
     p.add_argument("--format", choices=FORMATS, default="safetensors", help="array format (default safetensors)")
@@ -345,9 +345,11 @@ def main(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     if ns.max_tokens < 3:
         raise UserError(f"--max-tokens must be >= 3, got {ns.max_tokens}")
-    from lcplm.data.fasta import iter_fasta
+    from lcplm.data.fasta import FastaCounts, iter_fasta
+    from lcplm.data.inputs import is_regular_file
 
-    records = list(iter_fasta(ns.fasta))
+    counts = FastaCounts()
+    records = list(iter_fasta(ns.fasta, counts))
     names = [r.id for r in records]
     seen: set[str] = set()
     for n in names:
@@ -364,7 +366,7 @@ def main(argv: list[str]) -> int:
     meta = {
         "checkpoint": str(Path(ns.checkpoint).resolve()),
         "checkpoint_digest": file_digest(ns.checkpoint),
-        "fasta": str(Path(ns.fasta).resolve()),
+        "fasta": str(Path(ns.fasta).resolve()) if is_regular_file(ns.fasta) else ns.fasta,
         "model": dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else str(model_cfg),
         "pooling": "mean over residue tokens (no <cls>/<eos>/padding/<unk>)",
         "options": {"max_tokens": ns.max_tokens, "max_length": ns.max_length, "long": ns.long,
@@ -377,5 +379,5 @@ def main(argv: list[str]) -> int:
     }
     out = write_embeddings(ns.out, names, result, ns.format, ns.half, meta)
     cropped = f"; {result.n_cropped} cropped to {ns.max_length} residues" if result.n_cropped else ""
-    print(f"lcplm embed: {len(names)} sequences, d={result.mean.shape[1]}, {seconds:.1f} s -> {out}{cropped}")
+    print(f"lcplm embed: {len(names)} sequences, d={result.mean.shape[1]}, {seconds:.1f} s -> {out}{cropped}{counts.unk_note()}")
     return 0

@@ -110,7 +110,7 @@ def test_embed_bad_inputs(tmp_path, ckpt, capsys):
     (tmp_path / "dup.fa").write_text(">A\nMKV\n>A\nMKL\n")
     cases.append((base[:4] + [str(tmp_path / "dup.fa")] + base[5:], "duplicate record id 'A'"))
     (tmp_path / "gap.fa").write_text(">A\nMKV\n>B\n---\n")
-    cases.append((base[:4] + [str(tmp_path / "gap.fa")] + base[5:], "record 'B' has no amino-acid residues"))
+    cases.append((base[:4] + [str(tmp_path / "gap.fa")] + base[5:], "record 'B' (line 3) has no amino-acid letter"))
     (tmp_path / "empty.fa").write_text("")
     cases.append((base[:4] + [str(tmp_path / "empty.fa")] + base[5:], "empty file"))
     (tmp_path / "not.ckpt").write_bytes(b"not a checkpoint")

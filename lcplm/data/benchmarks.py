@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from lcplm.data.fasta import iter_fasta
-from lcplm.data.ppi_graph import _lines, read_sequence_table, read_string_links
+from lcplm.data.edge_lists import read_string_links, table_lines
+from lcplm.data.ppi_graph import read_sequence_table
 from lcplm.errors import UserError
 
 TAPE_SPLITS = ("train", "valid", "test_fold_holdout", "test_superfamily_holdout", "test_family_holdout")
@@ -513,7 +514,7 @@ def read_labelled_pairs(path: str | Path, on_conflict: str = "error") -> Labelle
     conflicts: set[tuple[int, int]] = set()
     dup = 0
     first = True
-    for lineno, parts in _lines(path):
+    for lineno, parts in table_lines(path, "pair table"):
         where = f"{path}:{lineno}"
         if len(parts) != 3:
             raise UserError(f"{where}: expected 'id1 id2 label', got {len(parts)} fields")

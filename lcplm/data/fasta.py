@@ -1,15 +1,22 @@
-"""FASTA files: a streaming reader and a random-access index for files larger than memory.
+"""FASTA files: the one FASTA parser, a streaming reader and a random-access index.
 
-``iter_fasta(path)`` streams records from plain or gzip-compressed FASTA (multi-line records,
-Windows line endings and blank lines are fine). ``FastaIndex(path)`` makes one streaming pass
-that stores each record's byte offset, residue count and id in a cache folder (never next to
-the input, which may be read-only), reuses it while the input's size and mtime are unchanged,
-and then reads any record by position without holding sequences in memory:
+``iter_fasta(path)`` streams records from plain, gzip or BGZF FASTA given as a path, a pipe,
+a FIFO or ``-`` (stdin; see :mod:`lcplm.data.inputs`): multi-line records, Windows line endings
+and blank lines are fine. Every sequence line is checked against the tokenizer's definition of a
+residue (:mod:`lcplm.data.tokenizer`): a character that is not a residue is an error naming the
+file, record and line; digits, 'J' and '*' inside a sequence become <unk> and are counted
+(:class:`FastaCounts`). So an index length always equals the number of tokens the tokenizer emits.
+
+``FastaIndex(path)`` makes one streaming pass that stores each record's byte offset, residue
+count and id in a cache folder (never next to the input, which may be read-only), reuses it while
+the input's size and mtime are unchanged, and then reads any record by position without holding
+sequences in memory:
 
 - plain files: byte offsets;
 - BGZF files (``bgzip``; blocked gzip as written by samtools/htslib): virtual offsets
   (compressed block start << 16 | offset inside the block), read through ``Bio.bgzf``;
-- ordinary gzip (no random access possible): decompressed once into the cache folder.
+- ordinary gzip (no random access possible): decompressed once into the cache folder;
+- a pipe, FIFO or stdin: copied once into the cache (:func:`~lcplm.data.inputs.spool_input`).
 
 Bad input is a :class:`~lcplm.errors.UserError` naming the file and the record or line.
 """
@@ -17,7 +24,6 @@ Bad input is a :class:`~lcplm.errors.UserError` naming the file and the record o
 from __future__ import annotations
 
 import array
-import gzip
 import hashlib
 import json
 import operator
@@ -25,18 +31,20 @@ import os
 import shutil
 import sys
 import tempfile
-import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
+from lcplm.data import tokenizer
 from lcplm.data.cache import cache_root
+from lcplm.data.inputs import DECOMPRESSION_ERRORS, input_name, open_input, spool_input
 from lcplm.errors import UserError
 
-INDEX_VERSION = 1
-_WHITESPACE = b" \t\r\n\x0b\x0c"
+INDEX_VERSION = 2
+_WHITESPACE = tokenizer.SEQUENCE_SPACE
 _FLUSH_EVERY = 1 << 20  # records buffered in memory while an index is written
 
 
@@ -48,6 +56,33 @@ class FastaRecord(NamedTuple):
     sequence: str
 
 
+@dataclass
+class FastaCounts:
+    """What a pass over a FASTA file saw: records, tokens, and <unk> substitutions."""
+
+    records: int = 0
+    residues: int = 0  # tokens the tokenizer emits (a terminal '*' excluded)
+    unk: int = 0  # characters read as <unk>: digits, 'J', '*' inside a sequence
+    unk_records: int = 0  # records with at least one of them
+    unk_example: str = ""  # the first such record's id
+
+    def add(self, other: "FastaCounts") -> None:
+        self.records += other.records
+        self.residues += other.residues
+        self.unk += other.unk
+        self.unk_records += other.unk_records
+        self.unk_example = self.unk_example or other.unk_example
+
+    def unk_note(self) -> str:
+        """'' or '; N characters read as <unk> (...) in M records, e.g. ID'."""
+        if not self.unk:
+            return ""
+        return (
+            f"; {self.unk:,} characters read as <unk> (digits, 'J', '*' inside a sequence) in "
+            f"{self.unk_records:,} records, e.g. {self.unk_example!r}"
+        )
+
+
 class _Parsed(NamedTuple):
     line_no: int  # 1-based line of the header
     offset: int  # byte offset of the header in the (decompressed) stream
@@ -55,53 +90,41 @@ class _Parsed(NamedTuple):
     description: str
     sequence: bytes | None  # None when the caller asked for lengths only
     length: int  # residues after dropping a terminal '*': what the tokenizer will emit
+    unk: int  # characters that become <unk>
 
 
-def _file_kind(path: Path) -> str:
-    """'plain', 'gzip' or 'bgzf', from the magic bytes (not the file name)."""
-    if not path.exists():
-        raise UserError(f"{path}: FASTA file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a FASTA file")
-    with open(path, "rb") as f:
-        head = f.read(18)
-    if not head:
-        raise UserError(f"{path}: empty file (no FASTA records)")
-    if head[:2] != b"\x1f\x8b":
-        return "plain"
-    # BGZF: a gzip member with FEXTRA whose first subfield is 'BC' (SAM/BAM specification, 4.1)
-    if len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC":
-        return "bgzf"
-    return "gzip"
-
-
-def _open_stream(path: Path, kind: str) -> BinaryIO:
-    return gzip.open(path, "rb") if kind in ("gzip", "bgzf") else open(path, "rb")
-
-
-def _header(path: Path, line: bytes, line_no: int) -> tuple[str, str]:
+def _header(name: str, line: bytes, line_no: int) -> tuple[str, str]:
     text = line[1:].decode("utf-8", errors="replace").strip()
     words = text.split(None, 1)
     if not words:
-        raise UserError(f"{path}: line {line_no}: header line has no id")
+        raise UserError(f"{name}: line {line_no}: header line has no id")
     return words[0], (words[1] if len(words) > 1 else "")
 
 
-def _parse(fh: BinaryIO, path: Path, keep_sequence: bool) -> Iterator[_Parsed]:
-    """Records of a FASTA byte stream, with their header offsets and residue counts."""
+def parse_fasta_stream(fh: BinaryIO, name: str, keep_sequence: bool = True) -> Iterator[_Parsed]:
+    """Records of a FASTA byte stream (the one FASTA parser): header offsets, residue counts and
+    <unk> counts, every sequence byte checked by the tokenizer's rules. ``name`` is for messages."""
     header: bytes | None = None
+    rid = ""
     h_line = h_off = 0
     parts: list[bytes] = []
-    n = 0
+    n = unk = 0
+    letter = False
     last = b""
     offset = 0
+    plain = tokenizer.PLAIN_RESIDUE_BYTES
 
     def finish() -> _Parsed:
-        rid, desc = _header(path, header, h_line)
-        length = n - 1 if last.endswith(b"*") else n
+        nonlocal unk
+        length, u = n, unk
+        if last.endswith(b"*"):
+            length, u = n - 1, unk - 1
         if length <= 0:
-            raise UserError(f"{path}: record {rid!r} (line {h_line}) has no sequence")
-        return _Parsed(h_line, h_off, rid, desc, b"".join(parts) if keep_sequence else None, length)
+            raise UserError(f"{name}: record {rid!r} (line {h_line}) has no sequence")
+        if not letter:
+            raise UserError(f"{name}: record {rid!r} (line {h_line}) has no amino-acid letter (only digits, gaps or '*')")
+        desc = _header(name, header, h_line)[1]
+        return _Parsed(h_line, h_off, rid, desc, b"".join(parts) if keep_sequence else None, length, u)
 
     try:
         for line_no, line in enumerate(fh, 1):
@@ -109,34 +132,58 @@ def _parse(fh: BinaryIO, path: Path, keep_sequence: bool) -> Iterator[_Parsed]:
                 if header is not None:
                     yield finish()
                 header, h_line, h_off = line, line_no, offset
-                parts, n, last = [], 0, b""
+                rid = _header(name, line, line_no)[0]
+                parts, n, unk, letter, last = [], 0, 0, False, b""
             else:
-                s = line.translate(None, _WHITESPACE)
+                s = line.rstrip(b"\r\n")
+                odd = bool(s.translate(None, plain))  # whitespace inside, or a byte that is not a plain residue
+                if odd:
+                    s = s.translate(None, _WHITESPACE)
                 if s:
                     if header is None:
                         raise UserError(
-                            f"{path}: line {line_no}: sequence data before the first '>' header "
-                            "(not a FASTA file?)"
+                            f"{name}: line {line_no}: sequence data before the first '>' header (not a FASTA file?)"
                         )
+                    if odd:
+                        bad = tokenizer.first_invalid_byte(s)
+                        if bad >= 0:
+                            raise UserError(
+                                f"{name}: record {rid!r}, line {line_no}: {tokenizer.describe_byte(s[bad])} is not a "
+                                "residue (letters, '.', '-', '*' and digits are allowed)"
+                            )
+                        unk += tokenizer.count_unk(s)
                     n += len(s)
                     last = s
+                    letter = letter or tokenizer.has_letter(s)
                     if keep_sequence:
                         parts.append(s)
             offset += len(line)
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    except DECOMPRESSION_ERRORS as e:
+        raise UserError(f"{name}: corrupt or truncated gzip data ({e or type(e).__name__})") from None
     if header is None:
-        raise UserError(f"{path}: empty file (no FASTA records)")
+        raise UserError(f"{name}: empty file (no FASTA records)")
     yield finish()
 
 
-def iter_fasta(path: str | os.PathLike) -> Iterator[FastaRecord]:
-    """Stream the records of a plain or gzip-compressed FASTA file, in file order."""
-    path = Path(path)
-    kind = _file_kind(path)
-    with _open_stream(path, kind) as fh:
-        for p in _parse(fh, path, keep_sequence=True):
+def iter_fasta(path: str | os.PathLike, counts: FastaCounts | None = None) -> Iterator[FastaRecord]:
+    """Stream the records of a FASTA file, pipe, FIFO or ``-`` (stdin), in file order.
+
+    ``counts``, when given, is filled as records are read (records, residues, <unk> characters).
+    """
+    with open_input(path, "FASTA") as inp:
+        for p in parse_fasta_stream(inp.stream, inp.name, keep_sequence=True):
+            if counts is not None:
+                _count(counts, p)
             yield FastaRecord(p.id, p.description, p.sequence.decode("latin-1"))
+
+
+def _count(counts: FastaCounts, p: _Parsed) -> None:
+    counts.records += 1
+    counts.residues += p.length
+    if p.unk:
+        counts.unk += p.unk
+        counts.unk_records += 1
+        counts.unk_example = counts.unk_example or p.id
 
 
 class _IdList(Sequence):
@@ -180,14 +227,18 @@ class FastaIndex(Sequence):
     ``len(index)``, ``index[i] -> FastaRecord``, ``index.ids`` (sequence of str),
     ``index.lengths`` (int64 ``[n]``: residues per record as the tokenizer will count them, a
     terminal ``*`` excluded), ``index.id_hashes`` (uint64 ``[n]``, :func:`id_hash` of each id).
+    ``index.counts`` (:class:`FastaCounts`) totals records, residues and <unk> characters.
     Arrays are memory-mapped from ``<cache>/fasta_index/<key>/``; the index is rebuilt when
-    the input's size or mtime changes. Safe to use from DataLoader workers (each process
-    opens its own file handle; pickling carries only paths).
+    the input's size or mtime changes. A pipe, FIFO or ``-`` is first copied into the cache
+    (``index.path`` is then that copy; ``index.name`` names the input in messages). Safe to use
+    from DataLoader workers (each process opens its own file handle; pickling carries only paths).
     """
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
-        self.path = Path(path)
-        kind = _file_kind(self.path)
+        self.name = input_name(path)
+        self.path = spool_input(path, cache_dir, "FASTA")
+        with open_input(self.path, "FASTA", decompress=False) as inp:
+            kind = inp.kind
         self.dir = _index_dir(self.path, cache_dir)
         st = self.path.stat()
         want = {
@@ -202,7 +253,7 @@ class FastaIndex(Sequence):
             self._build(want)
             meta = self._read_meta(self.dir)
             if meta is None:
-                raise UserError(f"{self.path}: could not write its index to {self.dir}")
+                raise UserError(f"{self.name}: could not write its index to {self.dir}")
         self._meta = meta
         self._open_arrays()
 
@@ -221,25 +272,25 @@ class FastaIndex(Sequence):
             root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         except OSError as e:
-            raise UserError(f"{self.path}: cannot create the index folder under {root} ({e.strerror})") from None
+            raise UserError(f"{self.name}: cannot create the index folder under {root} ({e.strerror})") from None
         try:
             kind = meta["kind"]
             if kind == "gzip":
                 data = tmp / "data.fasta"
                 print(
-                    f"lcplm: {self.path} is gzip without BGZF blocks; decompressing it once into "
+                    f"lcplm: {self.name} is gzip without BGZF blocks; decompressing it once into "
                     f"{self.dir / 'data.fasta'} for random access (compress with `bgzip` to avoid the copy)",
                     file=sys.stderr,
                 )
-                try:
-                    with gzip.open(self.path, "rb") as src, open(data, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 22)
-                except (OSError, EOFError, zlib.error) as e:
-                    raise UserError(f"{self.path}: corrupt or truncated gzip data ({e})") from None
-                n = self._write_arrays(tmp, data, "plain", None)
+                with open_input(self.path, "FASTA") as src, open(data, "wb") as dst:
+                    try:
+                        shutil.copyfileobj(src.stream, dst, 1 << 22)
+                    except DECOMPRESSION_ERRORS as e:
+                        raise UserError(f"{self.name}: corrupt or truncated gzip data ({e or type(e).__name__})") from None
+                counts = self._write_arrays(tmp, data, None)
             else:
-                n = self._write_arrays(tmp, self.path, kind, self._bgzf_blocks() if kind == "bgzf" else None)
-            (tmp / "meta.json").write_text(json.dumps({**meta, "n": n}))
+                counts = self._write_arrays(tmp, self.path, self._bgzf_blocks() if kind == "bgzf" else None)
+            (tmp / "meta.json").write_text(json.dumps({**meta, "n": counts.records, "counts": counts.__dict__}))
             self._install(tmp, meta)
         finally:
             if tmp.exists():
@@ -269,15 +320,15 @@ class FastaIndex(Sequence):
                     if data_len:
                         starts.append(start)
                         data_starts.append(data_start)
-        except (ValueError, OSError, zlib.error) as e:
-            raise UserError(f"{self.path}: corrupt BGZF file ({e})") from None
+        except (ValueError,) + DECOMPRESSION_ERRORS as e:
+            raise UserError(f"{self.name}: corrupt or truncated BGZF file ({e or type(e).__name__})") from None
         return np.frombuffer(starts, np.int64), np.frombuffer(data_starts, np.int64)
 
-    def _write_arrays(self, out: Path, data: Path, kind: str, blocks) -> int:
+    def _write_arrays(self, out: Path, data: Path, blocks) -> FastaCounts:
         bufs = {name: array.array("q") for name in ("offsets", "lengths", "id_offsets")}
         hashes = array.array("Q")
         files = {name: open(out / f"{name}.bin", "wb") for name in ("offsets", "lengths", "id_offsets", "id_hashes", "ids")}
-        n = 0
+        counts = FastaCounts()
         id_pos = 0
 
         def flush() -> None:
@@ -294,8 +345,8 @@ class FastaIndex(Sequence):
 
         try:
             bufs["id_offsets"].append(0)
-            with _open_stream(data, kind) as fh:
-                for p in _parse(fh, self.path, keep_sequence=False):
+            with open_input(data, "FASTA", name=self.name) as inp:
+                for p in parse_fasta_stream(inp.stream, self.name, keep_sequence=False):
                     raw_id = p.id.encode("utf-8")
                     files["ids"].write(raw_id)
                     id_pos += len(raw_id)
@@ -303,14 +354,14 @@ class FastaIndex(Sequence):
                     bufs["lengths"].append(p.length)
                     bufs["id_offsets"].append(id_pos)
                     hashes.append(_hash_bytes(raw_id))
-                    n += 1
+                    _count(counts, p)
                     if len(hashes) >= _FLUSH_EVERY:
                         flush()
             flush()
         finally:
             for f in files.values():
                 f.close()
-        return n
+        return counts
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -336,11 +387,15 @@ class FastaIndex(Sequence):
     def kind(self) -> str:
         return self._meta["kind"]
 
+    @property
+    def counts(self) -> FastaCounts:
+        return FastaCounts(**self._meta["counts"])
+
     def __getstate__(self) -> dict:
-        return {"path": self.path, "dir": self.dir, "meta": self._meta}
+        return {"name": self.name, "path": self.path, "dir": self.dir, "meta": self._meta}
 
     def __setstate__(self, state: dict) -> None:
-        self.path, self.dir, self._meta = state["path"], state["dir"], state["meta"]
+        self.name, self.path, self.dir, self._meta = state["name"], state["path"], state["dir"], state["meta"]
         self._open_arrays()
 
     def _handle(self):
@@ -367,13 +422,13 @@ class FastaIndex(Sequence):
         if i < 0:
             i += self._n
         if not 0 <= i < self._n:
-            raise IndexError(f"record {i} out of range ({self._n} records in {self.path})")
+            raise IndexError(f"record {i} out of range ({self._n} records in {self.name})")
         fh = self._handle()
         fh.seek(int(self._offsets[i]))
         header = fh.readline()
         if header[:1] != b">":
             raise UserError(
-                f"{self.path}: record {i} is not where its index says; the file changed while in use "
+                f"{self.name}: record {i} is not where its index says; the file changed while in use "
                 f"(delete {self.dir} and retry)"
             )
         parts = []
@@ -382,7 +437,7 @@ class FastaIndex(Sequence):
             if not line or line[:1] == b">":
                 break
             parts.append(line.translate(None, _WHITESPACE))
-        rid, desc = _header(self.path, header, -1)
+        rid, desc = _header(self.name, header, -1)
         return FastaRecord(rid, desc, b"".join(parts).decode("latin-1"))
 
     def close(self) -> None:
@@ -391,4 +446,4 @@ class FastaIndex(Sequence):
             self._fh = None
 
     def __repr__(self) -> str:
-        return f"FastaIndex({str(self.path)!r}, {self._n} records, {self.kind})"
+        return f"FastaIndex({self.name!r}, {self._n} records, {self.kind})"

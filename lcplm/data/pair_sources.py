@@ -10,16 +10,20 @@ attends key token j iff ``allowed[pid[i], pid[j]]``. Every source keeps the diag
 ``single_protein`` the diagonal only (each protein alone: an ESM-2 baseline on the same data)
 ``window``         proteins at most ``window`` positions apart in genome order
 ``global``         ``num_global`` evenly spaced proteins see and are seen by every protein
-``ppi``            pairs from an edge list keyed by protein id (``edges``), and/or STRING's
+``ppi``            pairs from an edge file keyed by protein id (``edges``; any format and the one
+                   edge rule of :mod:`lcplm.data.edge_lists`), and/or STRING's
                    gene-neighbourhood evidence (``neighbourhood_max_gap``): proteins in one run
                    of same-strand genes whose intergenic gaps are at most that many bp
 ``scored``         the ``top_k`` partners per protein by a pair-score file written by the
                    model's own attention pass (``python -m lcplm.eval.genome_pair_scores``)
 =================  =============================================================================
 
-The static matrices equal ``lcplm_kernels.block_sparse_attn``'s builders (``dense_allowed``,
-``window_allowed``, ...; a test checks it); they are written here because lcplm.data may not
-import the kernel package (only ``lcplm.models.backends`` does).
+The static matrices come from one home, ``lcplm_kernels.block_sparse_attn.layout``
+(``dense_allowed``, ``single_protein_allowed``, ``window_allowed``, ``global_allowed``,
+``allowed_from_pairs``): they are the kernel's input contract, the kernel package must stay
+standalone (it imports only torch, triton and the standard library, never lcplm), and data may
+import it because it sits below every lcplm layer (importing ``layout`` loads torch only, not
+Triton).
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from lcplm_kernels.block_sparse_attn.layout import (
+    allowed_from_pairs,
+    dense_allowed,
+    global_allowed,
+    single_protein_allowed,
+    window_allowed,
+)
 
+from lcplm.data.edge_lists import check_edge_options, read_edges
 from lcplm.data.genomes import Genome, GenomeWindow
 from lcplm.data.paths import resolve_data_path
 from lcplm.errors import UserError
@@ -46,46 +58,16 @@ class PairSourceConfig:
     name: str = "dense"  # dense | single_protein | window | global | ppi | scored
     window: int = 2  # window: proteins at most this many positions apart attend to each other
     num_global: int = 1  # global: number of evenly spaced global proteins per window
-    edges: Optional[str] = None  # ppi: edge list 'id1 id2 [score|label]' (shared:/package: paths ok)
-    min_score: float = 1.0  # ppi: keep an edge-list pair when its third column is >= this
+    edges: Optional[str] = None  # ppi: edge file keyed by protein id (shared:/package: paths ok)
+    edge_format: str = "pairs"  # ppi: pairs (id1 id2 [score|label]) | string (protein.links) | string_actions
+    min_score: Optional[float] = None  # ppi: a line is an edge when it has no score or score >= this (null: 0.5 pairs, 700 STRING)
+    modes: Optional[list[str]] = None  # ppi, string_actions: keep only these STRING modes (null: all)
     neighbourhood_max_gap: Optional[int] = None  # ppi: link same-strand gene runs with gaps <= this (bp)
     scores: Optional[str] = None  # scored: 'id1 id2 score' file from lcplm.eval.genome_pair_scores
     top_k: int = 4  # scored: partners kept per protein (the union over both ends is used)
 
 
 # ----------------------------------------------------------------------------- static matrices
-
-
-def dense_allowed(n: int) -> torch.Tensor:
-    return torch.ones(n, n, dtype=torch.bool)
-
-
-def single_protein_allowed(n: int) -> torch.Tensor:
-    return torch.eye(n, dtype=torch.bool)
-
-
-def window_allowed(n: int, w: int) -> torch.Tensor:
-    """(n, n): |i - j| <= w."""
-    i = torch.arange(n)
-    return (i[:, None] - i[None, :]).abs() <= w
-
-
-def global_allowed(n: int, global_idx: Sequence[int]) -> torch.Tensor:
-    """(n, n): diagonal, plus full rows and columns for the global proteins."""
-    a = torch.eye(n, dtype=torch.bool)
-    g = torch.as_tensor(list(global_idx), dtype=torch.long)
-    a[g, :] = True
-    a[:, g] = True
-    return a
-
-
-def allowed_from_pairs(n: int, pairs: Sequence[tuple[int, int]] | torch.Tensor) -> torch.Tensor:
-    """(n, n): diagonal plus each pair in both directions."""
-    a = torch.eye(n, dtype=torch.bool)
-    p = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
-    a[p[:, 0], p[:, 1]] = True
-    a[p[:, 1], p[:, 0]] = True
-    return a
 
 
 def evenly_spaced(n: int, k: int) -> list[int]:
@@ -95,43 +77,6 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def read_edge_list(path: Path, min_score: float = 1.0) -> set[frozenset[str]]:
-    """Undirected pairs from ``id1 id2 [score|label]`` lines (whitespace separated).
-
-    A third column keeps a pair when it is ``>= min_score`` (labels 0/1 keep the 1s; STRING
-    scores pass with the default 1). A first line whose third column is not a number is a
-    header (STRING's ``protein1 protein2 combined_score``); '#' starts a comment line.
-    """
-    if not path.is_file():
-        raise UserError(f"{path}: edge list not found")
-    edges: set[frozenset[str]] = set()
-    first = True
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            cols = line.split()
-            if len(cols) not in (2, 3):
-                raise UserError(f"{path}:{n}: expected 'id1 id2 [score]', got {line.strip()!r}")
-            if len(cols) == 3:
-                try:
-                    score = float(cols[2])
-                except ValueError:
-                    if first:
-                        first = False
-                        continue
-                    raise UserError(f"{path}:{n}: score {cols[2]!r} is not a number") from None
-                if score < min_score:
-                    first = False
-                    continue
-            first = False
-            if cols[0] != cols[1]:
-                edges.add(frozenset(cols[:2]))
-    if first:
-        raise UserError(f"{path}: edge list has no pairs")
-    return edges
 
 
 def read_pair_scores(path: Path) -> dict[frozenset[str], float]:
@@ -298,11 +243,12 @@ def build_pair_source(cfg: PairSourceConfig, genomes: Sequence[Genome] = ()) -> 
     if cfg.name == "ppi":
         if cfg.edges is None and cfg.neighbourhood_max_gap is None:
             raise UserError("pair_source 'ppi' needs 'edges' (an edge list) and/or 'neighbourhood_max_gap'")
+        check_edge_options(cfg.edge_format, cfg.min_score, cfg.modes, "data.pair_source")
         pairs: set[frozenset[str]] = set()
         known = {p.protein_id for g in genomes for p in g.proteins}
         if cfg.edges is not None:
             path = resolve_data_path(cfg.edges)
-            edges = read_edge_list(path, cfg.min_score)
+            edges = read_edges(path, cfg.edge_format, cfg.min_score, cfg.modes).pair_set()
             matched = {e for e in edges if e <= known}
             if genomes and not matched:
                 raise UserError(

@@ -1,18 +1,10 @@
 """Protein-protein interaction graphs for stage 2 (LC-PLM-G): edge files + sequences -> ``Data``.
 
-Two edge formats are read:
-
-* ``string``: STRING ``protein.links`` files (``protein1 protein2 combined_score``, space
-  separated, one header line, plain or ``.gz``; the ``detailed``/``full`` variants with more
-  columns work too, the ``combined_score`` column is found by name). An edge is kept when
-  ``combined_score >= min_score`` (STRING's "high confidence" is 700, our default).
-* ``pairs``: any whitespace-separated list ``id1 id2 [label or score]``. A line without a third
-  column is an edge; with one, only positive values (``> 0``) are edges, so labelled benchmark
-  files (1 interacting / 0 not) give the positive graph. A first line whose third column is not
-  a number is taken as a header.
-
-Sequences come from a FASTA file (id = first word of the header) or an ``id<TAB>sequence``
-table, plain or ``.gz``. Ids are mapped to node indices once; self-loops and duplicate edges
+Edges come from :mod:`lcplm.data.edge_lists` (formats ``pairs``, ``string``, ``string_actions``;
+one rule for what is an edge: no score column, or score >= ``min_score``, and for STRING
+actions a selected mode). Sequences come from a FASTA file (id = first word of the header;
+read by :mod:`lcplm.data.fasta`'s parser) or an ``id<TAB>sequence`` table, plain or ``.gz``, from
+a path, pipe, FIFO or ``-``. Ids are mapped to node indices once; self-loops and duplicate edges
 (either direction) are removed and the graph is made undirected. Proteins named by an edge but
 absent from the sequence table are reported with the edges they touch (counts and the first
 few ids) and dropped, or are an error in strict mode. Nodes are sorted by id, so the node
@@ -21,190 +13,87 @@ numbering does not depend on the order of lines in the edge file.
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
-import math
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from lcplm.data import tokenizer
+from lcplm.data.edge_lists import EdgeList, read_edges
+from lcplm.data.fasta import parse_fasta_stream
+from lcplm.data.inputs import DECOMPRESSION_ERRORS, open_input
 from lcplm.errors import UserError
 
 log = logging.getLogger(__name__)
 
-EDGE_FORMATS = ("pairs", "string")
 N_EXAMPLE_IDS = 5  # how many missing ids a report or an error names
 
 
-def _open_text(path: str | Path) -> io.TextIOBase:
-    """Open a plain or gzip-compressed text file (detected by its magic bytes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+class SequenceTable(dict):
+    """``{id: sequence}`` with what reading it counted: ``unk`` characters read as <unk> (digits,
+    'J', '*' inside a sequence) in ``unk_records`` records."""
+
+    unk: int = 0
+    unk_records: int = 0
 
 
-def _lines(path: str | Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, whitespace-split fields) of non-blank, non-'#' lines."""
-    with _open_text(path) as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if parts and not parts[0].startswith("#"):
-                    yield lineno, parts
-        except (EOFError, OSError, gzip.BadGzipFile) as e:  # truncated or corrupt .gz
-            raise UserError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-
-
-def read_sequence_table(path: str | Path) -> dict[str, str]:
+def read_sequence_table(path: str | os.PathLike) -> SequenceTable:
     """Sequences by id from a FASTA file or an ``id<TAB>sequence`` table (plain or ``.gz``).
 
-    A FASTA id is the first word of its header line. Whitespace inside a sequence is removed;
-    an empty sequence, a duplicated id or a table line without exactly two fields is an error
-    naming the file and line.
+    A FASTA id is the first word of its header line. Every sequence follows the tokenizer's
+    residue rules (an invalid character is an error naming the record and line); an empty
+    sequence, a duplicated id or a table line without exactly two fields is an error naming
+    the file and line.
     """
-    seqs: dict[str, str] = {}
-    with _open_text(path) as f:
-        first = ""
-        for first in f:
-            if first.strip():
-                break
-        if not first.strip():
-            raise UserError(f"{path}: sequence file is empty")
-        is_fasta = first.lstrip().startswith(">")
-        f.seek(0)
-        if is_fasta:
-            _read_fasta_into(f, path, seqs)
+    seqs = SequenceTable()
+    with open_input(path, "sequence table") as inp:
+        name = inp.name
+        try:
+            first = inp.stream.peek(1 << 12).lstrip()[:1]
+        except DECOMPRESSION_ERRORS as e:
+            raise UserError(f"{name}: corrupt or truncated gzip data ({e or type(e).__name__})") from None
+        if first == b">":
+            for p in parse_fasta_stream(inp.stream, name):
+                _add_sequence(seqs, p.id, p.sequence.decode("latin-1"), f"{name}:{p.line_no}", p.unk)
         else:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts or parts[0].startswith("#"):
-                    continue
-                if len(parts) != 2:
-                    raise UserError(
-                        f"{path}:{lineno}: expected 'id<TAB>sequence' (2 fields), got {len(parts)} fields"
-                    )
-                _add_sequence(seqs, parts[0], parts[1], f"{path}:{lineno}")
+            try:
+                for lineno, line in enumerate(inp.stream, 1):
+                    parts = line.split()
+                    if not parts or parts[0].startswith(b"#"):
+                        continue
+                    if len(parts) != 2:
+                        raise UserError(
+                            f"{name}:{lineno}: expected 'id<TAB>sequence' (2 fields), got {len(parts)} fields"
+                        )
+                    rid = parts[0].decode("utf-8", errors="replace")
+                    where = f"{name}:{lineno}"
+                    try:
+                        raw = tokenizer.residue_bytes(parts[1], rid)
+                    except UserError as e:
+                        raise UserError(f"{where}: {e}") from None
+                    unk = tokenizer.count_unk(raw)
+                    _add_sequence(seqs, rid, parts[1].decode("latin-1"), where, unk)
+            except DECOMPRESSION_ERRORS as e:
+                raise UserError(f"{name}: corrupt or truncated gzip data ({e or type(e).__name__})") from None
     if not seqs:
         raise UserError(f"{path}: no sequences found")
     return seqs
 
 
-def _read_fasta_into(f: io.TextIOBase, path: str | Path, seqs: dict[str, str]) -> None:
-    name, where, chunks = None, "", []
-    for lineno, line in enumerate(f, 1):
-        if line.startswith(">"):
-            if name is not None:
-                _add_sequence(seqs, name, "".join(chunks), where)
-            words = line[1:].split()
-            if not words:
-                raise UserError(f"{path}:{lineno}: FASTA header without an id")
-            name, where, chunks = words[0], f"{path}:{lineno}", []
-        elif line.strip():
-            if name is None:
-                raise UserError(f"{path}:{lineno}: sequence line before the first FASTA header")
-            chunks.append("".join(line.split()))
-    if name is not None:
-        _add_sequence(seqs, name, "".join(chunks), where)
-
-
-def _add_sequence(seqs: dict[str, str], name: str, seq: str, where: str) -> None:
+def _add_sequence(seqs: SequenceTable, name: str, seq: str, where: str, unk: int) -> None:
     if not seq:
         raise UserError(f"{where}: empty sequence for {name!r}")
     if name in seqs:
         raise UserError(f"{where}: duplicate sequence id {name!r}")
     seqs[name] = seq
-
-
-def _parse_number(text: str, what: str, where: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{where}: {what} {text!r} is not a number") from None
-
-
-@dataclass
-class EdgeList:
-    """Pairs of protein ids read from an edge file, before they meet the sequence table."""
-
-    path: str
-    names: list[str]  # id of each index used in src/dst
-    src: np.ndarray  # (E,) int64 index into names
-    dst: np.ndarray  # (E,) int64
-    n_lines: int = 0  # data lines read
-    n_rejected: int = 0  # lines below the score threshold / non-positive labels
-
-
-def read_string_links(path: str | Path, min_score: float = 700) -> EdgeList:
-    """Edges with ``combined_score >= min_score`` from a STRING ``protein.links`` file."""
-    index: dict[str, int] = {}
-    src: list[int] = []
-    dst: list[int] = []
-    score_col = None
-    n_lines = n_rejected = 0
-    for lineno, parts in _lines(path):
-        if score_col is None:
-            if "combined_score" not in parts:
-                raise UserError(
-                    f"{path}:{lineno}: expected STRING's header line naming 'combined_score' "
-                    f"(e.g. 'protein1 protein2 combined_score'), got {' '.join(parts)[:80]!r}"
-                )
-            score_col = parts.index("combined_score")
-            n_cols = len(parts)
-            continue
-        if len(parts) != n_cols:
-            raise UserError(f"{path}:{lineno}: expected {n_cols} fields like the header, got {len(parts)}")
-        n_lines += 1
-        if _parse_number(parts[score_col], "combined_score", f"{path}:{lineno}") < min_score:
-            n_rejected += 1
-            continue
-        src.append(index.setdefault(parts[0], len(index)))
-        dst.append(index.setdefault(parts[1], len(index)))
-    if score_col is None:
-        raise UserError(f"{path}: links file is empty (no header line)")
-    return EdgeList(str(path), list(index), np.asarray(src, np.int64), np.asarray(dst, np.int64), n_lines, n_rejected)
-
-
-def read_pair_list(path: str | Path) -> EdgeList:
-    """Edges from ``id1 id2 [label or score]`` lines: no third column, or a positive one."""
-    index: dict[str, int] = {}
-    src: list[int] = []
-    dst: list[int] = []
-    n_lines = n_rejected = 0
-    first = True
-    for lineno, parts in _lines(path):
-        where = f"{path}:{lineno}"
-        if len(parts) not in (2, 3):
-            raise UserError(f"{where}: expected 'id1 id2 [label or score]', got {len(parts)} fields")
-        if len(parts) == 3:
-            try:
-                value = float(parts[2])
-            except ValueError:
-                if first:  # a header line such as 'protein1 protein2 label'
-                    first = False
-                    continue
-                raise UserError(f"{where}: label or score {parts[2]!r} is not a number") from None
-            if math.isnan(value):
-                raise UserError(f"{where}: label or score is NaN")
-        else:
-            value = 1.0
-        first = False
-        n_lines += 1
-        if value <= 0:
-            n_rejected += 1
-            continue
-        src.append(index.setdefault(parts[0], len(index)))
-        dst.append(index.setdefault(parts[1], len(index)))
-    return EdgeList(str(path), list(index), np.asarray(src, np.int64), np.asarray(dst, np.int64), n_lines, n_rejected)
+    if unk:
+        seqs.unk += unk
+        seqs.unk_records += 1
 
 
 @dataclass
@@ -214,7 +103,7 @@ class GraphReport:
     edges_path: str
     sequences_path: str
     n_lines: int  # data lines in the edge file
-    n_rejected: int  # below the score threshold, or non-positive labels
+    n_rejected: int  # lines that fail the edge rule (score below min_score, mode not selected)
     n_missing_proteins: int  # proteins named by an edge without a sequence
     missing_examples: list[str] = field(default_factory=list)
     n_missing_edges: int = 0  # edges dropped because an end has no sequence
@@ -223,13 +112,18 @@ class GraphReport:
     n_nodes: int = 0
     n_edges: int = 0  # undirected edges kept
     n_isolated: int = 0  # nodes without an edge (only with keep_isolated)
+    min_score: float = 0.0  # the edge rule's threshold
+    n_unk: int = 0  # sequence characters read as <unk> (digits, 'J', '*' inside)
+    n_unk_records: int = 0
 
     def summary(self) -> str:
         s = (
             f"PPI graph from {self.edges_path}: {self.n_nodes} proteins, {self.n_edges} undirected edges "
-            f"({self.n_lines} lines; {self.n_rejected} below threshold or negative; "
-            f"{self.n_self_loops} self-loops and {self.n_duplicates} duplicates removed"
+            f"({self.n_lines} lines; {self.n_rejected} failed the edge rule (score < {self.min_score:g} or mode "
+            f"not selected); {self.n_self_loops} self-loops and {self.n_duplicates} duplicates removed"
         )
+        if self.n_unk:
+            s += f"; {self.n_unk} sequence characters read as <unk> in {self.n_unk_records} proteins"
         if self.n_missing_proteins:
             s += (
                 f"; {self.n_missing_proteins} proteins without a sequence in {self.sequences_path} "
@@ -273,7 +167,9 @@ def build_graph(
     names = edges.names
     has_seq = np.fromiter((n in sequences for n in names), dtype=bool, count=len(names))
     missing = [n for n, ok in zip(names, has_seq) if not ok]
-    report = GraphReport(edges.path, str(sequences_path), edges.n_lines, edges.n_rejected, len(missing), missing[:N_EXAMPLE_IDS])
+    report = GraphReport(edges.path, str(sequences_path), edges.n_lines, edges.n_rejected, len(missing), missing[:N_EXAMPLE_IDS],
+                         min_score=edges.min_score, n_unk=getattr(sequences, "unk", 0),
+                         n_unk_records=getattr(sequences, "unk_records", 0))
     src, dst = edges.src, edges.dst
     if missing:
         keep = has_seq[src] & has_seq[dst]
@@ -295,8 +191,8 @@ def build_graph(
         node_names = sorted(set(node_names) | set(sequences))
     if not node_names or len(src) == 0:
         raise UserError(
-            f"{edges.path}: the graph has no edges ({edges.n_lines} lines, {edges.n_rejected} below the "
-            f"threshold or negative, {report.n_missing_edges} touching proteins without a sequence, "
+            f"{edges.path}: the graph has no edges ({edges.n_lines} lines, {edges.n_rejected} failing the edge "
+            f"rule (score < {edges.min_score:g} or mode not selected), {report.n_missing_edges} touching proteins without a sequence, "
             f"{report.n_self_loops} self-loops)"
         )
     node_of = {n: i for i, n in enumerate(node_names)}
@@ -320,20 +216,18 @@ def load_ppi_graph(
     edges_path: str | Path,
     sequences_path: str | Path,
     edge_format: str = "pairs",
-    min_score: float = 700,
+    min_score: Optional[float] = None,
     strict: bool = False,
     keep_isolated: bool = False,
+    modes: Optional[Sequence[str]] = None,
 ) -> PPIGraph:
-    """Read an edge file (``pairs`` or ``string``) and its sequences into a :class:`PPIGraph`.
+    """Read an edge file (``pairs``, ``string`` or ``string_actions``; see
+    :mod:`lcplm.data.edge_lists` for the edge rule, ``min_score=None`` = the format's default,
+    ``modes`` = STRING action modes kept) and its sequences into a :class:`PPIGraph`.
 
     Logs the report (one warning line when proteins without a sequence were dropped).
     """
-    if edge_format == "string":
-        edges = read_string_links(edges_path, min_score)
-    elif edge_format == "pairs":
-        edges = read_pair_list(edges_path)
-    else:
-        raise UserError(f"edge format must be one of {list(EDGE_FORMATS)}, got {edge_format!r}")
+    edges = read_edges(edges_path, edge_format, min_score, modes)
     graph = build_graph(edges, read_sequence_table(sequences_path), str(sequences_path), strict, keep_isolated)
     (log.warning if graph.report.n_missing_proteins else log.info)(graph.report.summary())
     return graph

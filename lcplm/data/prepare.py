@@ -8,9 +8,16 @@ with the FASTA reader and the tokenizer, and indexes them:
   genome order (pyhmmer's test data, MIT): the default stage-1 training set;
 - with ``--with-phages``: ``phages/phage_{Agate,Topaz}.faa`` (pyrodigal-gv's test data, GPL-3).
 
-``lcplm data stats FASTA... [--max-length N] [--max-tokens N]`` prints record counts, the
-length distribution, and one epoch's padding and budget fill for naive padded, bucketed
-padded and packed token-budget batches (``default`` names the prepared default proteome).
+``lcplm data stats FASTA... [--max-length N] [--max-tokens N]`` prints record counts (and the
+characters read as <unk>: digits, 'J', '*' inside a sequence), the length distribution, and one
+epoch's padding and budget fill for naive padded, bucketed padded and packed token-budget
+batches (``default`` names the prepared default proteome; ``-`` reads stdin; pipes and FIFOs
+are copied once into the cache, see :mod:`lcplm.data.inputs`).
+
+``lcplm data stats --format FORMAT FILE...`` checks other inputs with the readers training uses
+and prints one summary line per file: ``genbank`` / ``viralembed`` (genomes, proteins, CDS
+skipped and why, partial CDS, <unk> characters) and ``pairs`` / ``string`` / ``string_actions``
+edge files (lines, edges under the edge rule with ``--min-score`` and ``--modes``).
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from lcplm.data.batching import compare_batching, token_lengths
+from lcplm.data.edge_lists import EDGE_FORMATS, check_edge_options, read_edges
 from lcplm.data.cache import DEFAULT_PROTEOME, PHAGE_PROTEOMES, cache_root, default_data_dir, default_proteome_path
 from lcplm.data.fasta import FastaIndex, iter_fasta
 from lcplm.data.tokenizer import encode_residues
+from lcplm.data.genomes import GenomeReadSummary, read_genbank, read_viralembed
 from lcplm.errors import UserError
 from lcplm.files import atomic_write_with
 
@@ -108,11 +117,12 @@ def describe(path: Path, max_length: int, max_tokens: int, bucket_size: int, cac
     """The text ``lcplm data stats`` prints for one file."""
     idx = FastaIndex(path, cache_dir)
     lengths = np.asarray(idx.lengths)
+    counts = idx.counts
     q = np.percentile(lengths, [10, 50, 90, 99])
     cropped = int((lengths > max_length - 2).sum())
     tl = token_lengths(lengths, max_length)
     lines = [
-        f"{path}: {len(lengths):,} records, {int(lengths.sum()):,} residues",
+        f"{idx.name}: {len(lengths):,} records, {int(lengths.sum()):,} residues{counts.unk_note()}",
         f"  length (residues): min {lengths.min()}, p10 {q[0]:.0f}, median {q[1]:.0f}, mean {lengths.mean():.1f}, "
         f"p90 {q[2]:.0f}, p99 {q[3]:.0f}, max {lengths.max()}",
         f"  cropped at max_length={max_length} tokens: {cropped:,} records ({cropped / len(lengths):.1%}), "
@@ -128,6 +138,24 @@ def describe(path: Path, max_length: int, max_tokens: int, bucket_size: int, cac
     return "\n".join(lines)
 
 
+STAT_FORMATS = ("fasta", "genbank", "viralembed") + EDGE_FORMATS
+
+
+def describe_other(path: str, fmt: str, min_score: float | None, modes: list[str] | None) -> str:
+    """The one line ``lcplm data stats --format FMT`` prints for a genome or edge file."""
+    if fmt in ("genbank", "viralembed"):
+        summary = GenomeReadSummary()
+        (read_genbank if fmt == "genbank" else read_viralembed)(path, summary)
+        return summary.line()
+    edges = read_edges(path, fmt, min_score, modes)
+    pairs = edges.pair_set()
+    loops = int((edges.src == edges.dst).sum())
+    return (
+        f"{path}: {edges.n_lines:,} lines, {len(edges.src):,} edges ({len(pairs):,} undirected pairs, {loops:,} self-loops); "
+        f"{edges.n_rejected:,} failed the edge rule (score < {edges.min_score:g} or mode not selected)"
+    )
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lcplm data", description="Prepare and describe protein data sets.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -135,7 +163,12 @@ def main(argv: list[str]) -> int:
     pd.add_argument("--cache-dir", default=None, help=f"cache root (default: $LCPLM_CACHE_DIR or ./.cache; now {cache_root()})")
     pd.add_argument("--with-phages", action="store_true", help="also copy pyrodigal-gv's two phage proteomes")
     st = sub.add_parser("stats", help="record count, length distribution and batching efficiency of FASTA files")
-    st.add_argument("fasta", nargs="+", help="FASTA files (plain, gzip, BGZF); 'default' = the prepared default proteome")
+    st.add_argument("fasta", nargs="+", help="input files (plain, gzip, BGZF; a pipe, FIFO or '-' for stdin); "
+                    "'default' = the prepared default proteome")
+    st.add_argument("--format", choices=STAT_FORMATS, default="fasta",
+                    help="fasta (default; lengths and batching), genbank / viralembed (genomes), or an edge format")
+    st.add_argument("--min-score", type=float, default=None, help="edge formats: the edge rule's threshold (default: the format's)")
+    st.add_argument("--modes", default=None, help="string_actions: comma-separated STRING modes to keep (default: all)")
     st.add_argument("--max-length", type=int, default=1024, help="tokens per sequence incl. <cls>/<eos> (default 1024)")
     st.add_argument("--max-tokens", type=int, default=16384, help="token budget per batch (default 16384)")
     st.add_argument("--bucket-size", type=int, default=4096, help="records per length-sorting bucket (default 4096)")
@@ -146,6 +179,13 @@ def main(argv: list[str]) -> int:
         return 0
     if ns.max_length < 3 or ns.max_tokens < ns.max_length or ns.bucket_size < 1:
         raise UserError("need --max-length >= 3, --max-tokens >= --max-length and --bucket-size >= 1")
+    if ns.format != "fasta":
+        modes = [m.strip() for m in ns.modes.split(",")] if ns.modes is not None else None
+        if ns.format in EDGE_FORMATS:
+            check_edge_options(ns.format, ns.min_score, modes, None)
+        for f in ns.fasta:
+            print(describe_other(f, ns.format, ns.min_score, modes))
+        return 0
     for i, f in enumerate(ns.fasta):
         if i:
             print()

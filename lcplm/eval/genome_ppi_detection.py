@@ -38,7 +38,8 @@ from torchmetrics.functional.classification import binary_average_precision
 from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
 from lcplm.data.datamodules.genome import load_genomes
 from lcplm.data.genomes import Genome, genome_windows
-from lcplm.data.pair_sources import ScoredPairs, read_edge_list, read_pair_scores
+from lcplm.data.edge_lists import read_edges
+from lcplm.data.pair_sources import ScoredPairs, read_pair_scores
 from lcplm.errors import UserError, run_module_main
 from lcplm.eval.genome_pair_scores import first_pass_source, window_pair_scores
 from lcplm.eval.genome_probe import genome_config, load_models
@@ -171,7 +172,7 @@ def run_ppi_detection(
     if scores_path is not None and checkpoint is not None:
         raise UserError("give --scores (a pair-score file) or --checkpoint (score here), not both")
     genomes = load_genomes(data)
-    known = match_known_pairs(pairs_path, read_edge_list(pairs_path, min_score), genomes)
+    known = match_known_pairs(pairs_path, read_edges(pairs_path, "pairs", min_score).pair_set(), genomes)
     shared = window_pairs(genomes, data.max_tokens)
     if scores_path is not None:
         all_scores = read_pair_scores(scores_path)

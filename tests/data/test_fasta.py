@@ -200,3 +200,57 @@ def test_concurrent_builders_agree(tmp_path: Path):
     with mp.get_context("fork").Pool(3) as pool:
         results = pool.map(_index_len, [(p, tmp_path / "c")] * 3)
     assert results == [(len(RECORDS) * 3000, RECORDS[0].sequence)] * 3
+
+
+# ---- one definition of a residue (lcplm.data.tokenizer) shared by the index and the tokenizer
+
+
+@pytest.mark.parametrize("bad", [b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x85", b"\xa0", b"\x00", b"@"])
+def test_bytes_that_are_not_residues_are_errors_naming_record_and_line(tmp_path: Path, bad: bytes):
+    """Before: 0x1C-0x1F, 0x85 and 0xA0 counted as residues in the index while the tokenizer
+    dropped them (str.split() whitespace), so lengths disagreed; a record made only of them
+    indexed fine and stopped training mid-run."""
+    for content, line in [(b">a\nMKV\n>b desc\nMK" + bad + b"V\nLL\n", 4), (b">a\nMKV\n>b\n" + bad * 3 + b"\n", 4)]:
+        p = write(tmp_path / "bad.fa", content)
+        for read in (lambda: list(iter_fasta(p)), lambda: FastaIndex(p)):
+            with pytest.raises(UserError) as e:
+                read()
+            msg = str(e.value)
+            assert f"record 'b', line {line}" in msg and "is not a residue" in msg and "\n" not in msg
+
+
+def test_index_lengths_equal_tokenizer_lengths_and_unk_is_counted(tmp_path: Path):
+    from lcplm.data.tokenizer import UNK, encode_residues
+
+    recs = [("a", "MK*V*"), ("b", "mk1v2"), ("c", "M K\tV\x0bW\x0c"), ("d", "MJ-.X"), ("e", "ACD**")]
+    p = write(tmp_path / "x.fa", "".join(f">{i}\n{s}\n" for i, s in recs))
+    idx = FastaIndex(p)
+    want = [len(encode_residues(s)) for _, s in recs]
+    assert idx.lengths.tolist() == want == [4, 5, 4, 5, 4]
+    n_unk = sum(int((encode_residues(s) == UNK).sum()) for _, s in recs)
+    c = idx.counts
+    assert (c.records, c.residues, c.unk, c.unk_records, c.unk_example) == (5, sum(want), n_unk, 4, "a") and n_unk == 5
+    assert "5 characters read as <unk>" in c.unk_note() and "in 4 records" in c.unk_note()
+
+
+def test_truncated_bgzf_is_one_line(tmp_path: Path):
+    """Before: a BGZF file cut inside a block header raised struct.error from Bio.bgzf."""
+    data = bgzip(fasta_text(RECORDS * 40).encode(), tmp_path / "full.fa.gz", block=501).read_bytes()
+    for cut in (20, 30, len(data) // 2, len(data) - 40):
+        p = write(tmp_path / f"cut{cut}.fa.gz", data[:cut])
+        for read in (lambda: list(iter_fasta(p)), lambda: FastaIndex(p)):
+            with pytest.raises(UserError, match="corrupt or truncated") as e:
+                read()
+            assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_bgzf_cut_at_a_block_boundary_is_not_silently_shorter(tmp_path: Path):
+    from Bio import bgzf
+
+    data = bgzip(fasta_text(RECORDS * 40).encode(), tmp_path / "full.fa.gz", block=501).read_bytes()
+    with open(tmp_path / "full.fa.gz", "rb") as fh:
+        starts = [start for start, *_ in bgzf.BgzfBlocks(fh)]
+    p = write(tmp_path / "cut.fa.gz", data[: starts[len(starts) // 2]])  # whole blocks, records lost
+    for read in (lambda: list(iter_fasta(p)), lambda: FastaIndex(p)):
+        with pytest.raises(UserError, match="no end-of-file marker"):
+            read()

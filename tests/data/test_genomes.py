@@ -26,8 +26,8 @@ from lcplm.data.pair_sources import (
     build_pair_source,
     evenly_spaced,
     neighbourhood_pairs,
-    read_edge_list,
 )
+from lcplm.data.edge_lists import read_edges
 from lcplm.data.paths import resolve_data_path
 from lcplm.errors import UserError
 from conftest import shared_data
@@ -59,7 +59,7 @@ FEATURES             Location/Qualifiers
      CDS             70..75
                      /locus_tag="TOY_PSEUDO"
                      /pseudo
-     CDS             82..90
+     CDS             82..93
                      /locus_tag="TOY_0003"
 ORIGIN
         1 atggctggtt ggtaaaaaaa aaaaaaaaaa aaaaaaaaaa aaaaaaaaaa aaaaaaaaaa
@@ -118,7 +118,7 @@ def test_phrog_category_reassembly():
         ("trunc.gbk", "\n".join(TOY_GBK.splitlines()[:20]) + "\n", "malformed GenBank"),
         ("badloc.gbk", TOY_GBK.replace("complement(40..60)", "bogus..where"), "TOY_0002"),
         ("emptytr.gbk", TOY_GBK.replace('"magw"', '""'), "TOY_0001"),
-        ("nocds.gbk", TOY_GBK.split("     CDS")[0] + "ORIGIN\n        1 atg\n//\n", "no CDS"),
+        ("nocds.gbk", TOY_GBK.split("     CDS")[0] + "ORIGIN" + TOY_GBK.split("ORIGIN")[1], "no CDS"),
     ],
 )
 def test_genbank_malformed_is_one_line_error(tmp_path, name, text, fragment):
@@ -310,17 +310,23 @@ def test_static_pair_sources(n):
     assert int(a[others][:, others].sum()) == len(others)  # non-global pairs only on the diagonal
 
 
-def test_static_sources_equal_kernel_builders():
-    layout = pytest.importorskip("lcplm_kernels.block_sparse_attn.layout")
+def test_static_matrices_have_one_home():
+    """The allowed-pair builders live in lcplm_kernels.block_sparse_attn.layout only; lcplm.data
+    imports them from there, which loads torch but neither Triton nor any higher lcplm layer."""
+    import subprocess
+    import sys
+
+    from lcplm.data import pair_sources
+    from lcplm_kernels.block_sparse_attn import layout
+
+    for name in ("dense_allowed", "single_protein_allowed", "window_allowed", "global_allowed", "allowed_from_pairs"):
+        assert getattr(pair_sources, name) is getattr(layout, name), name
     w = _window(9)
-    pairs = {
-        "dense": layout.dense_allowed(9),
-        "single_protein": layout.single_protein_allowed(9),
-        "window": layout.window_allowed(9, 2),
-        "global": layout.global_allowed(9, evenly_spaced(9, 1)),
-    }
-    for name, want in pairs.items():
-        assert torch.equal(build_pair_source(PairSourceConfig(name, window=2, num_global=1)).allowed(w), want), name
+    assert torch.equal(build_pair_source(PairSourceConfig("window", window=2)).allowed(w), layout.window_allowed(9, 2))
+    probe = ("import sys, lcplm.data.pair_sources; "
+             "print(sorted(m for m in ('triton', 'lightning', 'lcplm.models', 'lcplm.tasks') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_edge_list_and_ppi_source(tmp_path):
@@ -330,7 +336,7 @@ def test_edge_list_and_ppi_source(tmp_path):
         "edges.txt",
         "protein1 protein2 combined_score\n# comment\ng_0 g_3 1\ng_1 g_2 0\ng_4 g_5 900\nother_1 g_0 1\n",
     )
-    assert read_edge_list(edges) == {frozenset(("g_0", "g_3")), frozenset(("g_4", "g_5")), frozenset(("other_1", "g_0"))}
+    assert read_edges(edges).pair_set() == {frozenset(("g_0", "g_3")), frozenset(("g_4", "g_5")), frozenset(("other_1", "g_0"))}
     src = build_pair_source(PairSourceConfig("ppi", edges=str(edges)), [g])
     (w,) = genome_windows(g, 1000)
     a = src.allowed(w)
@@ -346,11 +352,11 @@ def test_edge_list_and_ppi_source(tmp_path):
 
 @pytest.mark.parametrize(
     "text, fragment",
-    [("a b c d\n", "expected 'id1 id2"), ("a b 1\nc d high\n", "not a number"), ("# only comments\n", "no pairs")],
+    [("a b c d\n", "expected 'id1 id2"), ("a b 1\nc d high\n", "not a number"), ("# only comments\n", "no data lines")],
 )
 def test_edge_list_malformed(tmp_path, text, fragment):
     with pytest.raises(UserError, match=fragment):
-        read_edge_list(_write(tmp_path, "e.txt", text))
+        read_edges(_write(tmp_path, "e.txt", text))
 
 
 def test_ppi_source_errors(tmp_path):

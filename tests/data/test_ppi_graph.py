@@ -1,4 +1,5 @@
-"""PPI graph readers: STRING links and pair lists, sequences by id, reports, strict mode, errors."""
+"""PPI graphs: STRING links, actions and pair lists under the one edge rule, sequences by id,
+reports, strict mode, errors."""
 
 from __future__ import annotations
 
@@ -8,14 +9,8 @@ import logging
 import pytest
 import torch
 
-from lcplm.data.ppi_graph import (
-    build_graph,
-    load_ppi_graph,
-    read_pair_list,
-    read_sequence_table,
-    read_string_links,
-    split_nodes,
-)
+from lcplm.data.edge_lists import read_edges, read_string_links
+from lcplm.data.ppi_graph import build_graph, load_ppi_graph, read_sequence_table, split_nodes
 from lcplm.errors import UserError
 from conftest import shared_data
 
@@ -108,15 +103,19 @@ def test_strict_mode_makes_missing_sequences_an_error(string_files):
         load_ppi_graph(links, fasta, "string", strict=True)
 
 
-def test_pair_list_keeps_positive_pairs_only(tmp_path):
+def test_pair_list_keeps_unscored_lines_and_scores_at_or_above_min_score(tmp_path):
     pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("protein_a\tprotein_b\tlabel\nA\tB\t1\nB\tC\t0\nC\tD\t0.7\nD\tA\t-1\n\n# a comment\nA\tC\n")
+    pairs.write_text(
+        "protein_a\tprotein_b\tlabel\nA\tB\t1\nB\tC\t0\nC\tD\t0.7\nD\tA\t-1\n\n# a comment\nA\tC\nB\tD\t0.5\nA\tD\t0.49\n"
+    )
     table = tmp_path / "seqs.tsv"
     table.write_text("A\tMKV\nB\tMSS\nC\tMAD\nD\tMGL\n")
-    g = load_ppi_graph(pairs, table, "pairs")
-    assert {tuple(sorted(e)) for e in _edge_set(g)} == {("A", "B"), ("C", "D"), ("A", "C")}
-    assert g.report.n_lines == 5 and g.report.n_rejected == 2
+    g = load_ppi_graph(pairs, table, "pairs")  # min_score null: 0.5 for pairs
+    assert {tuple(sorted(e)) for e in _edge_set(g)} == {("A", "B"), ("C", "D"), ("A", "C"), ("B", "D")}
+    assert g.report.n_lines == 7 and g.report.n_rejected == 3
     assert g.sequences == ["MKV", "MSS", "MAD", "MGL"]
+    g = load_ppi_graph(pairs, table, "pairs", min_score=0.7)
+    assert {tuple(sorted(e)) for e in _edge_set(g)} == {("A", "B"), ("C", "D"), ("A", "C")}
 
 
 def test_keep_isolated_adds_sequences_without_edges(tmp_path):
@@ -146,7 +145,9 @@ def test_ids_map_once_regardless_of_line_order(tmp_path):
         ("A B 1\nA C yes\n", r"pairs\.tsv:2: label or score 'yes' is not a number"),
         ("A B 0\nB C 0\n", r"pairs\.tsv: the graph has no edges"),
         ("A A 1\n", r"the graph has no edges"),
-        ("", r"the graph has no edges"),
+        ("", r"pairs\.tsv: empty file"),
+        ("# nothing\n", r"pairs\.tsv: edge list has no data lines"),
+        ("A B nan\n", r"pairs\.tsv:1: label or score is NaN"),
     ],
 )
 def test_pair_list_errors(tmp_path, content, match):
@@ -164,7 +165,8 @@ def test_pair_list_errors(tmp_path, content, match):
         ("9606.P1 9606.P2 900\n", r"links\.txt:1: expected STRING's header line naming 'combined_score'"),
         ("protein1 protein2 combined_score\n9606.P1 9606.P2\n", r"links\.txt:2: expected 3 fields"),
         ("protein1 protein2 combined_score\n9606.P1 9606.P2 high\n", r"links\.txt:2: combined_score 'high' is not a number"),
-        ("", r"links\.txt: links file is empty"),
+        ("", r"links\.txt: empty file"),
+        ("# c\n", r"links\.txt: links file is empty"),
         ("protein1 protein2 combined_score\n9606.P1 9606.P2 100\n", r"links\.txt: the graph has no edges"),
     ],
 )
@@ -190,11 +192,13 @@ def test_unknown_ids_only_graph_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "name, content, match",
     [
-        ("s.fa", ">A\nMKV\n>B\n>C\nMAD\n", r"s\.fa:3: empty sequence for 'B'"),
+        ("s.fa", ">A\nMKV\n>B\n>C\nMAD\n", r"s\.fa: record 'B' \(line 3\) has no sequence"),
         ("s.fa", ">A\nMKV\n>A\nMAD\n", r"s\.fa:3: duplicate sequence id 'A'"),
-        ("s.fa", ">\nMKV\n", r"s\.fa:1: FASTA header without an id"),
+        ("s.fa", ">\nMKV\n", r"s\.fa: line 1: header line has no id"),
+        ("s.fa", ">A\nMK\x1cV\n", r"s\.fa: record 'A', line 2: byte 0x1c is not a residue"),
         ("s.tsv", "A\tMKV\nB\tMS S\n", r"s\.tsv:2: expected 'id<TAB>sequence' \(2 fields\), got 3"),
-        ("s.tsv", "\n\n", r"s\.tsv: sequence file is empty"),
+        ("s.tsv", "A\tMKV\nB\tMS\xa0S\n", r"s\.tsv:2: record 'B': byte 0xc2 at residue 3 is not a residue"),
+        ("s.tsv", "\n\n", r"s\.tsv: no sequences found"),
     ],
 )
 def test_sequence_table_errors(tmp_path, name, content, match):
@@ -205,12 +209,12 @@ def test_sequence_table_errors(tmp_path, name, content, match):
 
 
 def test_missing_files_and_bad_format(tmp_path):
-    with pytest.raises(UserError, match=r"nope\.tsv: file not found"):
-        read_pair_list(tmp_path / "nope.tsv")
-    with pytest.raises(UserError, match=r"nope\.fa: file not found"):
+    with pytest.raises(UserError, match=r"nope\.tsv: edge list file not found"):
+        read_edges(tmp_path / "nope.tsv")
+    with pytest.raises(UserError, match=r"nope\.fa: sequence table file not found"):
         read_sequence_table(tmp_path / "nope.fa")
     (tmp_path / "p").write_text("A B\n")
-    with pytest.raises(UserError, match="edge format must be one of"):
+    with pytest.raises(UserError, match="edge_format must be one of"):
         load_ppi_graph(tmp_path / "p", tmp_path / "p", edge_format="csv")
 
 
@@ -223,7 +227,7 @@ def test_gzip_sequence_table_and_truncated_gzip(tmp_path):
     with gzip.open(links, "wt") as f:
         f.write("protein1 protein2 combined_score\n" + "A B 900\n" * 2000)
     links.write_bytes(links.read_bytes()[:-20])
-    with pytest.raises(UserError, match=r"links\.txt\.gz: cannot read"):
+    with pytest.raises(UserError, match=r"links\.txt\.gz: corrupt or truncated gzip data"):
         read_string_links(links)
 
 
@@ -259,7 +263,7 @@ def test_split_nodes_handles_isolated_nodes_and_tiny_graphs():
 
 def test_build_graph_direct_from_edge_list(tmp_path):
     (tmp_path / "p").write_text("B A 1\n")
-    g = build_graph(read_pair_list(tmp_path / "p"), {"A": "MK", "B": "MS"})
+    g = build_graph(read_edges(tmp_path / "p"), {"A": "MK", "B": "MS"})
     assert g.ids == ["A", "B"] and g.data.edge_index.tolist() == [[0, 1], [1, 0]]
 
 

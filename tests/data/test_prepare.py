@@ -72,3 +72,17 @@ def test_stats_on_shared_astral(capsys):
     p = shared_data("homology", "astral-scope-2.07-40.fa")
     assert cli(["data", "stats", str(p), "--max-tokens", "8192"]) == 0
     assert "14,323 records" in capsys.readouterr().out
+
+
+def test_stats_reports_unk_characters_and_other_formats(tmp_path: Path, capsys):
+    p = tmp_path / "x.fa"
+    p.write_text(">a\nMK1V*\n>b\nM*KV\n>c\nMKV\n")
+    assert cli(["data", "stats", str(p)]) == 0
+    assert "3 records, 11 residues; 2 characters read as <unk>" in capsys.readouterr().out
+    edges = tmp_path / "e.tsv"
+    edges.write_text("a b 0.5\nb c 0.4\nc c\n")
+    assert cli(["data", "stats", "--format", "pairs", str(edges)]) == 0
+    out = capsys.readouterr().out
+    assert "3 lines, 2 edges (1 undirected pairs, 1 self-loops); 1 failed the edge rule (score < 0.5" in out
+    assert cli(["data", "stats", "--format", "pairs", "--modes", "binding", str(edges)]) == 2
+    assert "--modes only applies to edge_format string_actions" in capsys.readouterr().err

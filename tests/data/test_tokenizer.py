@@ -52,11 +52,33 @@ def test_encode_adds_cls_eos_and_maps_each_letter():
         ("MKJV", "MK<unk>V"),  # J (not in ESM-2's alphabet) is unknown
         ("MKxV", "MKXV"),  # X stays X
         ("M K\tV\r\n", "MKV"),  # whitespace is not a residue
-        ("MKé1", "MK<unk><unk>"),  # anything else is unknown, one token per character
+        ("MK1V", "MK<unk>V"),  # a digit is unknown, one token per character
+        ("M-K.", "M-K."),  # gaps are tokens of their own
     ],
 )
 def test_cleaning_rules(raw: str, expected: str):
     assert tok.decode(tok.encode(raw, add_special_tokens=False)) == expected
+
+
+@pytest.mark.parametrize("bad", ["\x1c", "\x1f", "\x85", "\xa0", "é", "@", ">", "\x00", "\u4e00"])
+def test_characters_that_are_not_residues_are_errors_naming_the_record(bad: str):
+    """Control bytes used to vanish in the tokenizer (str.split treats 0x1C-0x1F, 0x85 and 0xA0
+    as whitespace) while the FASTA index counted them: now every reader and the tokenizer reject them."""
+    for seq in (f"MK{bad}V", f"{bad}{bad}"):
+        with pytest.raises(UserError, match=r"record 'P9'.*is not a residue"):
+            tok.encode_residues(seq, record="P9")
+
+
+@pytest.mark.parametrize("raw", ["123", "**", "--..", "1*2"])
+def test_sequence_without_a_letter_is_an_error(raw: str):
+    with pytest.raises(UserError, match="P7"):
+        tok.encode_residues(raw, record="P7")
+
+
+def test_unk_counting_helpers_follow_the_tokenizer():
+    for raw in [b"MK1V*", b"M*K", b"JJ", b"ACDE", b"x-.9"]:
+        ids = tok.encode_residues(raw)
+        assert tok.count_unk(tok.residue_bytes(raw)) == int((ids == tok.UNK).sum())
 
 
 @pytest.mark.parametrize("raw", ["", "*", "  \n"])

@@ -108,11 +108,11 @@ def test_pair_decoder_is_symmetric():
 
 
 def test_residue_mean_ignores_specials_padding_and_unknowns():
-    ids, lengths = tok.pad_batch([tok.encode("AC"), tok.encode("G?X-")])
+    ids, lengths = tok.pad_batch([tok.encode("AC"), tok.encode("GJX-")])
     hidden = torch.randn(2, ids.shape[1], 3)
     got = residue_mean(hidden, ids)
     assert torch.allclose(got[0], hidden[0, 1:3].mean(0))
-    # 'G' and 'X' are residues; '?' (<unk>), '-' (gap), <cls>, <eos> and padding are not
+    # 'G' and 'X' are residues; 'J' (<unk>), '-' (gap), <cls>, <eos> and padding are not
     assert torch.allclose(got[1], hidden[1, [1, 3]].mean(0))
 
 

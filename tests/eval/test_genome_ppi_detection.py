@@ -135,7 +135,7 @@ def test_ppi_detection_bad_inputs_are_one_line(tmp_path, capsys):
 
     rc = lcplm_main(["genome", "ppi-detection", *genome_args(gbk), "--pairs", str(tmp_path / "nope.txt")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "nope.txt: edge list not found" in err
+    assert rc == 2 and err.count("\n") == 1 and "nope.txt: edge list file not found" in err
 
 
 def test_genome_command_dispatch(capsys):

@@ -24,12 +24,14 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lcplm.data.batching import BatchKey, ResumableDataLoader, TokenBudgetBatchSampler, token_lengths
 from lcplm.data.cache import default_proteome_path
 from lcplm.data.collate import TRAIN_STREAM, VAL_STREAM, MLMCollator
 from lcplm.data.datamodules import resumable_train_loader, shard
-from lcplm.data.fasta import FastaIndex
+from lcplm.data.fasta import FastaCounts, FastaIndex
+from lcplm.data.inputs import spool_input
 from lcplm.data.split import split_indices
 from lcplm.data.tokenizer import encode_residues
 from lcplm.errors import UserError
@@ -113,6 +115,7 @@ class FastaDataModule(L.LightningDataModule):
             raise UserError(f"run.seed must be >= 0 for data sampling, got {seed}")
         self.cfg, self.seed = cfg, seed
         self.sources: list[FastaIndex] | None = None
+        self._resolved: list[str] | None = None
         self.train_indices: np.ndarray | None = None
         self.val_indices: np.ndarray | None = None
         self._token_lengths: np.ndarray | None = None
@@ -121,6 +124,10 @@ class FastaDataModule(L.LightningDataModule):
     # ---- data ------------------------------------------------------------------------------
 
     def resolved_paths(self) -> list[str]:
+        """The FASTA files to index; a pipe, FIFO or '-' is copied into the cache once (the
+        first call), so prepare_data and setup read the same bytes."""
+        if self._resolved is not None:
+            return self._resolved
         out = []
         for p in self.cfg.paths():
             if p == DEFAULT_PATH:
@@ -130,7 +137,8 @@ class FastaDataModule(L.LightningDataModule):
                         f"the default data set is not prepared ({p} is missing): "
                         "run `make data` (or `lcplm data prepare-default`)"
                     )
-            out.append(str(p))
+            out.append(str(spool_input(p, self.cfg.cache_dir, "FASTA")))
+        self._resolved = out
         return out
 
     def prepare_data(self) -> None:
@@ -147,6 +155,10 @@ class FastaDataModule(L.LightningDataModule):
         self._token_lengths = token_lengths(lengths, self.cfg.max_length)
         self.train_indices, self.val_indices = split_indices(hashes, self.cfg.val_fraction)
         where = ", ".join(self.resolved_paths())
+        total = FastaCounts()
+        for source in self.sources:
+            total.add(source.counts)
+        rank_zero_info(f"data: {total.records:,} records, {total.residues:,} residues from {where}{total.unk_note()}")
         if len(self.train_indices) == 0:
             raise UserError(f"data.val_fraction={self.cfg.val_fraction} leaves no training records in {where}")
         if self.cfg.val_fraction > 0 and len(self.val_indices) == 0:

@@ -1,7 +1,7 @@
 """Whole genomes as MLM batches for the sparse genome transformer.
 
-Genomes come from GenBank files and/or protein FASTA files grouped into genomes
-(:mod:`lcplm.data.genomes`), are cut into windows of at most ``max_tokens`` tokens at
+Genomes come from GenBank files, protein FASTA files grouped into genomes and/or ViralEmbed
+genome FASTA files (:mod:`lcplm.data.genomes`; one summary line says what was read and skipped), are cut into windows of at most ``max_tokens`` tokens at
 protein boundaries, and each window gets its ``allowed`` protein-pair matrix from the
 configured pair source (:mod:`lcplm.data.pair_sources`). Validation holds out whole genomes.
 
@@ -41,11 +41,13 @@ from lcplm.data.batching import BatchKey, FixedSizeBatchSampler, batch_generator
 from lcplm.data.datamodules import resumable_train_loader, shard
 from lcplm.data.genomes import (
     Genome,
+    GenomeReadSummary,
     GenomeWindow,
     check_unique_protein_ids,
     genome_windows,
     read_genbank,
     read_protein_fasta,
+    read_viralembed,
 )
 from lcplm.data.pair_sources import PairSource, PairSourceConfig, build_pair_source
 from lcplm.data.paths import resolve_data_path
@@ -64,6 +66,7 @@ class GenomeDataConfig:
     fasta: list[str] = field(default_factory=list)  # protein FASTA files, grouped into genomes by the rule
     fasta_genome_rule: str = "prodigal"  # prodigal | regex:PATTERN | file (see lcplm.data.genomes)
     protein_table: Optional[str] = None  # 'protein<TAB>genome[<TAB>order]': overrides the rule
+    viralembed: list[str] = field(default_factory=list)  # ViralEmbed genome FASTA: one record per genome, lengths in the header
     max_tokens: int = 1024  # tokens per window, every protein's <cls> and <eos> included
     batch_size: int = 2  # windows per batch
     val_genomes: list[str] = field(default_factory=list)  # genome ids held out for validation
@@ -88,15 +91,20 @@ class GenomeDataConfig:
 
 
 def load_genomes(cfg: GenomeDataConfig) -> list[Genome]:
-    """Every genome the config names, in file order; protein ids checked unique."""
+    """Every genome the config names, in file order; protein ids checked unique. Logs one
+    summary line (a warning when CDS were skipped)."""
     genomes: list[Genome] = []
+    summary = GenomeReadSummary()
     for p in cfg.genbank:
-        genomes += read_genbank(resolve_data_path(p))
+        genomes += read_genbank(resolve_data_path(p), summary)
     table = resolve_data_path(cfg.protein_table) if cfg.protein_table else None
     for p in cfg.fasta:
-        genomes += read_protein_fasta(resolve_data_path(p), cfg.fasta_genome_rule, table)
+        genomes += read_protein_fasta(resolve_data_path(p), cfg.fasta_genome_rule, table, summary)
+    for p in cfg.viralembed:
+        genomes += read_viralembed(resolve_data_path(p), summary)
     if not genomes:
-        raise UserError("data: no genomes: give data.genbank and/or data.fasta files")
+        raise UserError("data: no genomes: give data.genbank, data.fasta and/or data.viralembed files")
+    (log.warning if summary.skipped else log.info)(summary.line())
     ids = [g.genome_id for g in genomes]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:

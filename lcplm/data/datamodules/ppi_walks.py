@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from lcplm.data.batching import BatchKey, FixedSizeBatchSampler, batch_generator
 from lcplm.data.datamodules import resumable_train_loader, shard
-from lcplm.data.ppi_graph import EDGE_FORMATS, PPIGraph, load_ppi_graph, split_nodes
+from lcplm.data.edge_lists import check_edge_options
+from lcplm.data.ppi_graph import PPIGraph, load_ppi_graph, split_nodes
 from lcplm.data.walks import CSRGraph, ProteinTable, check_budget, walk_contexts
 from lcplm.data.paths import is_shared, resolve_data_path
 from lcplm.errors import UserError
@@ -43,8 +44,11 @@ class PPIWalkDataConfig:
     name: str = "ppi_walks"
     edges: str = "../shared/data/ppi/yeast_guo/protein.actions.tsv"  # edge file
     sequences: str = "../shared/data/ppi/yeast_guo/protein.dictionary.tsv"  # FASTA or id<TAB>sequence
-    edge_format: str = "pairs"  # pairs (id1 id2 [label|score], positives kept) | string (protein.links)
-    min_score: float = 700.0  # string format: keep combined_score >= this
+    edge_format: str = "pairs"  # pairs (id1 id2 [score|label]) | string (protein.links) | string_actions (protein.actions)
+    # The edge rule (lcplm.data.edge_lists): a line is an edge when it has no score or score >= min_score;
+    # null = the format's default (700 for STRING files, 0.5 for pairs, so 0/1 labels keep the 1s).
+    min_score: Optional[float] = None
+    modes: Optional[list[str]] = None  # string_actions: keep only these modes (activation, binding, ...); null = all
     strict: bool = False  # proteins without a sequence: error (true) or report and drop (false)
     keep_isolated: bool = False  # also make nodes of sequences without any edge (they only jump)
     context_len: int = 2048  # token budget per context, <cls> and <eos> included
@@ -65,7 +69,7 @@ class PPIWalkDataConfig:
 
 def _existing(path: str, key: str) -> Path:
     p = resolve_data_path(path)
-    if not p.is_file():
+    if str(p) != "-" and not p.exists():  # pipes, FIFOs and '-' are read as they are
         hint = (
             " (it comes from ../shared/data, beside the project; set LCPLM_DATA_DIR to that folder)"
             if is_shared(path)
@@ -77,8 +81,7 @@ def _existing(path: str, key: str) -> Path:
 
 def check_config(cfg: PPIWalkDataConfig) -> None:
     """Reject impossible settings with the key's name, before any file is read."""
-    if cfg.edge_format not in EDGE_FORMATS:
-        raise UserError(f"data.edge_format must be one of {list(EDGE_FORMATS)}, got {cfg.edge_format!r}")
+    check_edge_options(cfg.edge_format, cfg.min_score, cfg.modes, "data")
     check_budget(cfg.context_len, cfg.max_protein_len)
     if not 0.0 <= cfg.p_neg <= 1.0:
         raise UserError(f"data.p_neg must be in [0, 1], got {cfg.p_neg}")
@@ -165,7 +168,7 @@ class PPIWalkDataModule(L.LightningDataModule):
             return
         c = self.cfg
         edges, sequences = _existing(c.edges, "edges"), _existing(c.sequences, "sequences")
-        self.graph = load_ppi_graph(edges, sequences, c.edge_format, c.min_score, c.strict, c.keep_isolated)
+        self.graph = load_ppi_graph(edges, sequences, c.edge_format, c.min_score, c.strict, c.keep_isolated, c.modes)
         if self.graph.num_nodes < 2:
             raise UserError(f"{edges}: the graph needs at least 2 proteins to hold some out for validation")
         g = batch_generator(self.seed, SPLIT_STREAM, 0, 0)
