@@ -19,7 +19,7 @@ attends key token j iff ``allowed[pid[i], pid[j]]``. Every source keeps the diag
 
 The static matrices equal ``lcplm_kernels.block_sparse_attn``'s builders (``dense_allowed``,
 ``window_allowed``, ...; a test checks it); they are written here because lcplm.data may not
-import the kernel package (only ``lcplm.models.backends`` does).
+import the kernel package (only ``lcplm.models`` does).
 """
 
 from __future__ import annotations

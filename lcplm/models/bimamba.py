@@ -21,7 +21,7 @@ start, and everything else is per token. Hidden states at padding positions are 
 On CUDA with mamba-ssm (``scan_backend`` auto or cuda), padded batches run the kernels
 directly: after the per-sequence reversal the padding still sits after every sequence, so
 the causal conv and scan never carry it into real positions. Packed batches are unpacked
-into a right-padded batch for the scan kernel and packed back (``backends.selective_scan``),
+into a right-padded batch for the scan kernel and packed back (``lcplm_kernels.selective_scan``),
 and their conv runs in PyTorch with per-sequence masking.
 """
 
@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import backends
+from lcplm_kernels import selective_scan as ssm_ops
 
 
 @dataclass
@@ -61,7 +61,7 @@ class BiMambaConfig:
     vocab_size: int = tokenizer.PADDED_VOCAB_SIZE  # embedding / LM-head rows
     norm_eps: float = 1e-5  # RMSNorm epsilon
     residual_in_fp32: bool = True  # keep the residual stream in fp32 under bf16 autocast
-    scan_backend: str = "auto"  # auto | native | chunked | reference | cuda (lcplm.models.backends)
+    scan_backend: str = "auto"  # auto | native | chunked | reference | cuda (lcplm_kernels.selective_scan)
     chunk_size: int = 0  # chunked scan: steps per chunk; 0 = picked from the state size
     tie_embeddings: bool = False  # LM head shares the embedding matrix (LC-PLM unties them)
     activation_checkpointing: bool = False  # recompute each block in backward (memory for time)
@@ -80,8 +80,8 @@ class BiMambaConfig:
             raise UserError(f"model.norm_eps must be > 0, got {self.norm_eps}")
         if self.vocab_size < tokenizer.VOCAB_SIZE:
             raise UserError(f"model.vocab_size must be >= {tokenizer.VOCAB_SIZE} (the tokenizer), got {self.vocab_size}")
-        if self.scan_backend not in backends.SCAN_BACKENDS:
-            raise UserError(f"model.scan_backend must be one of {list(backends.SCAN_BACKENDS)}, got {self.scan_backend!r}")
+        if self.scan_backend not in ssm_ops.SCAN_BACKENDS:
+            raise UserError(f"model.scan_backend must be one of {list(ssm_ops.SCAN_BACKENDS)}, got {self.scan_backend!r}")
 
     @property
     def d_inner(self) -> int:
@@ -188,11 +188,11 @@ class SSMDirection(nn.Module):
 
     def forward(self, x: Tensor, layout: SequenceLayout, backend: str, chunk_size: Optional[int]) -> Tensor:
         """x: (B, E, L) -> scan output y (B, E, L), D skip included, not gated."""
-        x = backends.causal_conv1d(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, positions=layout.positions, backend=backend)
+        x = ssm_ops.causal_conv1d(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, positions=layout.positions, backend=backend)
         dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
-        return backends.selective_scan(
+        return ssm_ops.selective_scan(
             x,
             delta,
             -torch.exp(self.A_log.float()),

@@ -11,7 +11,7 @@ single-protein arm free of any coupling between proteins.
 
 Attention from token i to token j is allowed iff ``pid[i] >= 0``, ``pid[j] >= 0`` and
 ``allowed[b, pid[i], pid[j]]``; the block layout is built once per batch and shared by all
-layers and heads (``lcplm.models.backends``); nothing of size L x L is formed by the
+layers and heads (``lcplm.models.attention``); nothing of size L x L is formed by the
 ``kernel`` backend (``auto`` picks it on CUDA, and on CPU once L x L scores stop being small). Rotary positions are token offsets inside the whole window
 (``positions="genome"``) or inside each protein (``"protein"``); rotary scores depend only on
 i - j, so attention inside a protein is the same either way and equals ESM-2 on that protein
@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import backends
+from lcplm.models import attention
 
 ESM_MASK_RATIO_TRAIN = 0.15 * 0.8  # the <mask> share ESM-2 was trained with (token dropout)
 
@@ -141,7 +141,7 @@ class SparseTransformerBlock(nn.Module):
         scale = self.head_dim**-0.5
         if mass is not None:
             mass.append(protein_pair_mass(q, k, layout.pid, layout.allowed, scale))
-        o = backends.sparse_attention(q, k, v, layout, scale=scale)
+        o = attention.sparse_attention(q, k, v, layout, scale=scale)
         x = x + self.drop(self.out(o.transpose(1, 2).reshape(B, L, d)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
 
@@ -160,9 +160,9 @@ class SparseGenomeLM(nn.Module):
             raise UserError(f"model: hidden ({cfg.hidden}) must split into {cfg.heads} heads of even size")
         if cfg.positions not in ("genome", "protein"):
             raise UserError(f"model.positions must be 'genome' or 'protein', got {cfg.positions!r}")
-        if cfg.attention_backend not in backends.SPARSE_ATTENTION_BACKENDS:
+        if cfg.attention_backend not in attention.SPARSE_ATTENTION_BACKENDS:
             raise UserError(
-                f"model.attention_backend must be one of {list(backends.SPARSE_ATTENTION_BACKENDS)}, "
+                f"model.attention_backend must be one of {list(attention.SPARSE_ATTENTION_BACKENDS)}, "
                 f"got {cfg.attention_backend!r}"
             )
         if cfg.vocab_size < tokenizer.VOCAB_SIZE:
@@ -244,7 +244,7 @@ class SparseGenomeLM(nn.Module):
         pid, allowed = self._inputs(input_ids, lengths, pid, allowed)
         x = self._embed(input_ids, pid, allowed.shape[-1])
         cos, sin = self._rotary(pid, input_ids.shape[1], x.dtype)
-        layout = backends.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
+        layout = attention.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
         for layer in self.layers:
             if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and mass is None:
                 x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)

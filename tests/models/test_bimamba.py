@@ -12,7 +12,8 @@ import torch
 from lcplm.config import load_config
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import backends, build_model
+from lcplm.models import build_model
+from lcplm_kernels.selective_scan import interface
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM, SequenceLayout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def test_padding_positions_are_zero_and_shapes():
 
 @pytest.mark.parametrize("backend", ["reference", "chunked", "native", "auto"])
 def test_scan_backends_agree(backend):
-    if backend == "native" and (reason := backends.native_scan_unavailable()) is not None:
+    if backend == "native" and (reason := interface.native_scan_unavailable()) is not None:
         pytest.skip(f"native CPU scan unavailable: {reason}")
     seqs = random_ids([33, 12], seed=3)
     ids, lengths = padded(seqs)

@@ -4,8 +4,8 @@
  * all their gradients).
  *
  * Compiled on first use by build.py (cc -O2 -ftree-vectorize -march=native -ffast-math) and
- * called through ctypes; interface.py wraps it in an autograd Function. The pure-PyTorch
- * references are lcplm.models.ssm.selective_scan_ref (sequential) and selective_scan_chunked.
+ * called through ctypes; scan.py (and ../conv.py for the conv) wrap it in autograd Functions. The
+ * pure-PyTorch references are ../naive.py's selective_scan_ref (sequential) and ../chunked.py.
  *
  * A "row" is one (batch b, channel d) pair; rows are independent, so threads take
  * contiguous row ranges [r0, r1). Per row the N-element state lives in registers and the

@@ -1,0 +1,47 @@
+"""Mamba-1 selective scan and the causal depthwise conv + SiLU beside it (see README.md).
+
+Public API:
+- dispatch (``interface.py``): ``selective_scan``, ``causal_conv1d``, ``resolve_scan_backend``,
+  ``SCAN_BACKENDS``, ``native_scan_unavailable``, ``mamba_scan_fn``, ``causal_conv1d_fn``
+- reference (``naive.py``): ``selective_scan_ref``, ``check_scan_shapes``, ``segment_starts``
+- PyTorch fast path (``chunked.py``): ``selective_scan_chunked``
+- fused C for CPUs (``cpu/``): ``selective_scan_cpu``; conv (``conv.py``): ``causal_conv1d_cpu``,
+  ``causal_conv1d_torch``
+
+Importing this package compiles nothing and imports neither mamba_ssm nor causal_conv1d.
+"""
+
+from ..errors import BackendUnavailableError
+from .chunked import selective_scan_chunked
+from .conv import causal_conv1d_cpu, causal_conv1d_torch
+from .cpu import selective_scan_cpu
+from .interface import (
+    GPU_INSTALL_HINT,
+    SCAN_BACKENDS,
+    causal_conv1d,
+    causal_conv1d_fn,
+    mamba_scan_fn,
+    native_scan_unavailable,
+    resolve_scan_backend,
+    selective_scan,
+)
+from .naive import check_scan_shapes, segment_starts, selective_scan_ref
+
+__all__ = [
+    "BackendUnavailableError",
+    "GPU_INSTALL_HINT",
+    "SCAN_BACKENDS",
+    "causal_conv1d",
+    "causal_conv1d_cpu",
+    "causal_conv1d_fn",
+    "causal_conv1d_torch",
+    "check_scan_shapes",
+    "mamba_scan_fn",
+    "native_scan_unavailable",
+    "resolve_scan_backend",
+    "segment_starts",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_cpu",
+    "selective_scan_ref",
+]
