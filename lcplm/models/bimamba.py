@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
+from lcplm.models import bimamba_inference
 from lcplm_kernels import selective_scan as ssm_ops
 
 
@@ -106,6 +107,7 @@ class SequenceLayout:
     positions: Optional[Tensor] = None
     cu_seqlens: Optional[Tensor] = None
     valid: Optional[Tensor] = None
+    _segments: Optional[Tensor] = None
 
     @staticmethod
     def build(input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> "SequenceLayout":
@@ -134,6 +136,14 @@ class SequenceLayout:
             rev = torch.where(valid, lengths[:, None] - 1 - t[None, :], t[None, :])
             return SequenceLayout(rev_index=rev, valid=valid)
         return SequenceLayout()
+
+    def segments(self, batch: int, length: int) -> Tensor:
+        """(S, 3) int64 CPU rows (batch row, start, end) of the sequences, for the inference route;
+        computed on first use (it reads the lengths back to the host) and kept for every layer."""
+        if self._segments is None:
+            lengths = None if self.valid is None else self.valid.sum(1)
+            self._segments = ssm_ops.sequence_segments(batch, length, lengths, self.cu_seqlens)
+        return self._segments
 
     def reverse(self, x: Tensor) -> Tensor:
         """x: (B, E, L) with every sequence reversed within its own extent."""
@@ -227,6 +237,8 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, h: Tensor, layout: SequenceLayout) -> Tensor:
         """h: (B, L, d) -> (B, L, d)."""
+        if bimamba_inference.applies(self, h):  # no autograd, CPU: the fused forward-only route
+            return bimamba_inference.mixer_forward(self, h, layout)
         x, z = self.in_proj(h).chunk(2, dim=-1)
         x = x.transpose(1, 2)  # (B, E, L)
         y_fwd = self.fwd(x, layout, self.backend, self.chunk_size)

@@ -7,6 +7,9 @@ Public API:
 - PyTorch fast path (``chunked.py``): ``selective_scan_chunked``
 - fused C for CPUs (``cpu/``): ``selective_scan_cpu``; conv (``conv.py``): ``causal_conv1d_cpu``,
   ``causal_conv1d_torch``
+- inference (forward-only, channels-last, both directions of BiMamba-S's mixer):
+  ``bidirectional_conv1d_cpu``, ``bidirectional_scan_cpu`` (``cpu/bidirectional.py``), their
+  references ``bidirectional_conv1d_ref``, ``bidirectional_scan_ref``, and ``sequence_segments``
 
 Importing this package compiles nothing and imports neither mamba_ssm nor causal_conv1d.
 """
@@ -14,7 +17,7 @@ Importing this package compiles nothing and imports neither mamba_ssm nor causal
 from ..errors import BackendUnavailableError
 from .chunked import selective_scan_chunked
 from .conv import causal_conv1d_cpu, causal_conv1d_torch
-from .cpu import selective_scan_cpu
+from .cpu import bidirectional_conv1d_cpu, bidirectional_scan_cpu, selective_scan_cpu
 from .interface import (
     GPU_INSTALL_HINT,
     SCAN_BACKENDS,
@@ -25,11 +28,22 @@ from .interface import (
     resolve_scan_backend,
     selective_scan,
 )
-from .naive import check_scan_shapes, segment_starts, selective_scan_ref
+from .naive import (
+    bidirectional_conv1d_ref,
+    bidirectional_scan_ref,
+    check_scan_shapes,
+    segment_starts,
+    selective_scan_ref,
+    sequence_segments,
+)
 
 __all__ = [
     "BackendUnavailableError",
     "GPU_INSTALL_HINT",
+    "bidirectional_conv1d_cpu",
+    "bidirectional_conv1d_ref",
+    "bidirectional_scan_cpu",
+    "bidirectional_scan_ref",
     "SCAN_BACKENDS",
     "causal_conv1d",
     "causal_conv1d_cpu",
@@ -44,4 +58,5 @@ __all__ = [
     "selective_scan_chunked",
     "selective_scan_cpu",
     "selective_scan_ref",
+    "sequence_segments",
 ]

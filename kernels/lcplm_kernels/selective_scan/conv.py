@@ -120,9 +120,10 @@ class _CausalConvCPU(torch.autograd.Function):
         dx = torch.empty_like(xf)
         dw_part = torch.empty(rows, k, dtype=torch.float32)
         dbias_part = torch.empty(rows, dtype=torch.float32)
+        doutf = f32(dout)  # referenced until the call ends: the struct holds only its pointer
         args = args_struct(
             build.ConvArgs, E=dim, L=length, K=k, silu=int(ctx.silu), pos_stride_b=ctx.pos_stride,
-            x=xf, w=wf, bias=bf, pos=pos, dout=f32(dout), dx=dx, dw_part=dw_part, dbias_part=dbias_part,
+            x=xf, w=wf, bias=bf, pos=pos, dout=doutf, dx=dx, dw_part=dw_part, dbias_part=dbias_part,
         )  # fmt: skip
         parts = row_ranges(rows, torch.get_num_threads())
         work = torch.empty(len(parts), length, dtype=torch.float32)

@@ -114,3 +114,91 @@ def selective_scan_ref(
     out = y.to(dtype_in)
     return (out, h) if return_last_state else out
 
+
+
+# ----------------------------------------------------------------------------------------
+# The bidirectional mixer ops (cpu/bidirectional.py) in PyTorch: per segment, the forward
+# direction as is, the reverse one on the segment flipped and flipped back. Channels-last
+# (B, L, E) like the fast path; loops over segments, for tests.
+# ----------------------------------------------------------------------------------------
+
+
+def sequence_segments(
+    batch: int, length: int, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None
+) -> Tensor:
+    """(S, 3) int64 rows (batch row, start, end): where each sequence of a batch sits.
+
+    Padded (``lengths`` (B,)): one segment [0, length_b) per row; packed (``cu_seqlens``, B = 1):
+    one per sequence; neither: every row is one sequence. Empty sequences are left out.
+    """
+    if lengths is not None and cu_seqlens is not None:
+        raise ValueError("give lengths (padded batch) or cu_seqlens (packed batch), not both")
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ValueError(f"cu_seqlens needs a packed batch of size 1, got batch {batch}")
+        segment_starts(cu_seqlens, length)  # validates
+        cu = cu_seqlens.to(device="cpu", dtype=torch.int64)
+        seg = torch.stack([torch.zeros_like(cu[:-1]), cu[:-1], cu[1:]], 1)
+    elif lengths is not None:
+        lens = lengths.to(device="cpu", dtype=torch.int64)
+        if lens.shape != (batch,) or bool(((lens < 0) | (lens > length)).any()):
+            raise ValueError(f"lengths must be ({batch},) values in [0, {length}], got {lens.tolist()}")
+        seg = torch.stack([torch.arange(batch), torch.zeros_like(lens), lens], 1)
+    else:
+        seg = torch.tensor([[b, 0, length] for b in range(batch)], dtype=torch.int64).view(-1, 3)
+    return seg[seg[:, 2] > seg[:, 1]].contiguous()
+
+
+def bidirectional_conv1d_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], segments: Tensor) -> Tensor:
+    """``bidirectional_conv1d_cpu``'s contract with ``torch.nn.functional.conv1d``, in fp32.
+
+    x: (B, L, E); weight: (2, E, K); bias: (2, E) or None; segments: (S, 3).
+    Returns (2, B, L, E) in x's dtype, zero outside every segment.
+    """
+    out = torch.zeros((2, *x.shape), dtype=torch.float32)
+    k = weight.shape[2]
+    for b, s, e in segments.tolist():
+        seq = x[b, s:e].float().t()[None]  # (1, E, n)
+        for d, xs in ((0, seq), (1, seq.flip(-1))):
+            bd = None if bias is None else bias[d].float()
+            y = F.silu(F.conv1d(xs, weight[d].float()[:, None, :], bd, padding=k - 1, groups=x.shape[2])[..., : e - s])
+            out[d, b, s:e] = (y if d == 0 else y.flip(-1))[0].t()
+    return out.to(x.dtype)
+
+
+def bidirectional_scan_ref(
+    xc: Tensor,
+    dbl_fwd: Tensor,
+    dbl_rev: Tensor,
+    dt_weight: Tensor,
+    dt_bias: Optional[Tensor],
+    A: Tensor,
+    D: Optional[Tensor],
+    z: Tensor,
+    segments: Tensor,
+) -> Tensor:
+    """``bidirectional_scan_cpu``'s contract with :func:`selective_scan_ref`, in fp32.
+
+    xc: (2, B, L, E); dbl_fwd, dbl_rev: (B, L, R + 2N); dt_weight: (2, E, R); dt_bias, D:
+    (2, E) or None; A: (2, E, N); z: (B, L, E). Returns (y_fwd + y_rev) * silu(z) (B, L, E)
+    in xc's dtype, zero outside every segment.
+    """
+    rank, nstate = dt_weight.shape[2], A.shape[2]
+    out = torch.zeros(z.shape, dtype=torch.float32)
+    for b, s, e in segments.tolist():
+        y = torch.zeros(e - s, z.shape[2])
+        for d, dbl in ((0, dbl_fwd), (1, dbl_rev)):
+            rows = dbl[b, s:e].float()
+            u = xc[d, b, s:e].float()
+            if d == 1:
+                rows, u = rows.flip(0), u.flip(0)
+            dt_low, bm, cm = rows.split([rank, nstate, nstate], dim=-1)
+            delta = dt_low @ dt_weight[d].float().t()  # (n, E)
+            yd = selective_scan_ref(
+                u.t()[None], delta.t()[None], A[d].float(), bm.t()[None], cm.t()[None],
+                None if D is None else D[d].float(), None,
+                None if dt_bias is None else dt_bias[d].float(), delta_softplus=True,
+            )[0].t()  # fmt: skip
+            y += yd if d == 0 else yd.flip(0)
+        out[b, s:e] = y * F.silu(z[b, s:e].float())
+    return out.to(xc.dtype)

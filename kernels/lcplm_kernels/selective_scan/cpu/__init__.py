@@ -1,8 +1,18 @@
 """The fused C library of the Mamba mixer for CPUs (``scan.c``, compiled on first use by
 ``build.py``): the selective scan (``scan.py``) and the causal depthwise conv + SiLU, whose
-autograd op sits beside the PyTorch one in ``../conv.py``. See ../README.md."""
+autograd op sits beside the PyTorch one in ``../conv.py``; and BiMamba-S's forward-only
+channels-last bidirectional conv and scan (``bidirectional.py``). See ../README.md."""
 
+from .bidirectional import bidirectional_conv1d_cpu, bidirectional_scan_cpu
 from .build import library_info, unavailable_reason
 from .scan import DEFAULT_CHUNK, available, selective_scan_cpu
 
-__all__ = ["DEFAULT_CHUNK", "available", "library_info", "selective_scan_cpu", "unavailable_reason"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "available",
+    "bidirectional_conv1d_cpu",
+    "bidirectional_scan_cpu",
+    "library_info",
+    "selective_scan_cpu",
+    "unavailable_reason",
+]

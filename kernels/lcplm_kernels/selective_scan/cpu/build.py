@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("scan.c")
-ABI = 4
+ABI = 5
 # -O2 -ftree-vectorize, not -O3: GCC 12 at -O3 makes the backward 4x slower (measured).
 # NaN still propagates under -ffast-math: scan.c tests for it on the bits (see exp_f).
 FLAGS = ["-O2", "-ftree-vectorize", "-ffast-math", "-fPIC", "-shared", "-std=c11", "-fno-strict-aliasing"]
@@ -122,6 +122,15 @@ class ConvArgs(ctypes.Structure):
     ]
 
 
+class MixerArgs(ctypes.Structure):
+    """Mirror of ``mixer_args`` in scan.c (the forward-only channels-last mixer ops)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("B", "L", "E", "N", "R", "K", "bf16", "nseg", "ldx", "lddbl", "ldz")] + [
+        (name, ctypes.c_void_p)
+        for name in ("seg", "x", "conv_w", "conv_b", "xc", "dbl_f", "dbl_r", "z", "dt_w", "dt_b", "A2", "Dv", "yf", "out")
+    ]
+
+
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -139,6 +148,12 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.lcplm_conv_fwd.argtypes = [ctypes.POINTER(ConvArgs), i64, i64]
     lib.lcplm_conv_bwd.restype = ctypes.c_int
     lib.lcplm_conv_bwd.argtypes = [ctypes.POINTER(ConvArgs), i64, i64, ptr]
+    lib.lcplm_mixer_conv.restype = ctypes.c_int
+    lib.lcplm_mixer_conv.argtypes = [ctypes.POINTER(MixerArgs), i64, i64]
+    lib.lcplm_mixer_scan_work.restype = i64
+    lib.lcplm_mixer_scan_work.argtypes = [i64, i64]
+    lib.lcplm_mixer_scan.restype = ctypes.c_int
+    lib.lcplm_mixer_scan.argtypes = [ctypes.POINTER(MixerArgs), i64, i64, ptr]
     return lib
 
 

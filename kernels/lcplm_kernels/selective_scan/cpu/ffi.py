@@ -63,7 +63,9 @@ def f32(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def args_struct(struct, **kw):
-    """A ctypes argument struct (``build.ScanArgs`` or ``build.ConvArgs``): tensors become data pointers, None NULL."""
+    """A ctypes argument struct (``build.ScanArgs``, ``ConvArgs`` or ``MixerArgs``): tensors become
+    data pointers, None NULL. The struct does not keep the tensors alive: the caller must hold a
+    reference to each until the kernel call returns (no temporaries in the argument list)."""
     args = struct()
     for name, value in kw.items():
         setattr(args, name, ptr(value) if isinstance(value, Tensor) or value is None else value)

@@ -27,6 +27,9 @@
  */
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #if defined(__SSE__)
 #include <xmmintrin.h>
 /* Flush denormals to zero inside the kernel (restored on return; MXCSR is per thread): a
@@ -439,5 +442,398 @@ int lcplm_conv_bwd(const conv_args *a, int64_t r0, int64_t r1, float *work) {
     return 0;
 }
 
-/* Version of the entry points, scan_args and conv_args, checked by the loader. */
-int lcplm_scan_abi(void) { return 4; }
+/* ------------------------------------------------------------------------------------
+ * Forward only, channels-last, both directions: BiMamba-S's mixer at inference.
+ *
+ * The training kernels above take (B, D, L) rows and vectorise over the state; the model's
+ * projections produce (B, L, E) tokens, so using them costs transposes and copies both ways,
+ * and the reverse direction costs materialised flips. These run on the projections' layout
+ * directly and vectorise over a block of CB channels instead (no horizontal sums): per block,
+ * the state is N vectors of CB lanes. Nothing is saved for a backward.
+ *
+ * Sequences are segments (b, start, end) of the (B, L) token grid: a padded batch has one per
+ * row, [0, length); a packed one has one per cu_seqlens entry in row 0. The forward direction
+ * runs start -> end; the reverse direction runs end -> start, which is exactly the training
+ * path's "reverse each sequence within its extent, scan, reverse back" without the copies.
+ * Rows outside every segment are not touched (the caller zeroes them).
+ *
+ * Activations (x, xc, dbl, z, out) are all fp32 or all bf16 (bf16 = 1: computed in fp32,
+ * stored rounded to nearest even); weights are fp32 with the channel dimension padded with
+ * zeros to Ep = E rounded up to CB, so every weight load is a whole vector.
+ *   x:      (B*L rows, row stride ldx): the in_proj's x half     z: (B*L, row stride ldz)
+ *   conv_w: (2, K, Ep) taps per direction (tap K-1 weighs the current step); conv_b: (2, Ep)
+ *   xc:     (2, B*L, E): conv + SiLU per direction, written by lcplm_mixer_conv; the scan's
+ *           u (and, between the two calls, the caller's x_proj input)
+ *   dbl_f, dbl_r: (B*L, row stride lddbl): each direction's x_proj output [dt_low (R) | B (N) | C (N)]
+ *   dt_w:   (2, R, Ep) dt_proj weights, transposed; dt_b: (2, Ep); A2: (2, N, Ep) = A log2(e)
+ *   Dv:     (2, Ep) or NULL
+ *   out:    (B*L, E) = (y_fwd + y_rev) silu(z), y = <C, h> + D u per direction, the state
+ *           driven by dt = softplus(dt_low . dt_w + dt_b): dt_proj is fused in here.
+ *   yf:     (B*L, E) fp32: y_fwd between the two directions (out itself when out is fp32).
+ * Threads take contiguous ranges of channel blocks [cb0, cb1) and run every segment on them.
+ * ------------------------------------------------------------------------------------ */
+#define CB 16 /* channels per block: one AVX-512 vector, two AVX2 ones */
+/* 64-byte vectors on a target without AVX-512 are passed differently (only between these
+ * inline functions, never across the library's interface) */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+
+typedef struct {
+    int64_t B, L, E, N, R, K, bf16, nseg, ldx, lddbl, ldz;
+    const int64_t *seg;
+    const void *x;
+    const float *conv_w, *conv_b;
+    void *xc;
+    const void *dbl_f, *dbl_r, *z;
+    const float *dt_w, *dt_b, *A2, *Dv;
+    float *yf;
+    void *out;
+} mixer_args;
+
+INLINE vf vsplat(float x) {
+    vf v = {0};
+    return v + x;
+}
+
+/* m ? a : b lane by lane (m: all ones or all zeros per lane) */
+INLINE vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+
+/* lanes where x is NaN, tested on the bits (-ffast-math may fold float compares away) */
+INLINE vi visnan(vf x) { return ((vi)x & 0x7fffffff) > 0x7f800000; }
+
+/* 2^t for t <= 0. Range reduction to f in [-1/2, 1/2], a degree-6 polynomial (relative error
+ * 8e-8), the exponent applied with scalef (AVX-512) or integer arithmetic (t clamped at -126,
+ * 2^-126 ~ 1e-38 being 0 for every use here). A NaN t may come out finite: callers pass NaN on
+ * where it matters (see lcplm_mixer_scan). */
+INLINE vf vexp2(vf t) {
+#if defined(__AVX512F__)
+    const vf k = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    t = vsel(t < vsplat(-126.0f), vsplat(-126.0f), t);
+    const vi ki = __builtin_convertvector(t - 0.5f, vi); /* t - 1/2 < 0: truncation is ceil */
+    const vf k = __builtin_convertvector(ki, vf);
+#endif
+    const vf f = t - k;
+    vf p = vsplat(1.5345809515565634e-4f);
+    p = p * f + 1.3399930903688073e-3f;
+    p = p * f + 9.618489071726799e-3f;
+    p = p * f + 5.550328642129898e-2f;
+    p = p * f + 2.4022646248340607e-1f;
+    p = p * f + 6.931471824645996e-1f;
+    p = p * f + 1.0f;
+#if defined(__AVX512F__)
+    return (vf)_mm512_scalef_ps((__m512)p, (__m512)k);
+#else
+    return p * (vf)((ki + 127) << 23);
+#endif
+}
+
+/* exp(-|x|) in (0, 1] for any x (|x| = inf gives 2^-150: 0 for every use below) */
+INLINE vf vexp_negabs(vf x) {
+    const vf t = (vf)((vi)x | (int32_t)0x80000000) * 1.44269504088896341f;
+    return vexp2(vsel(t < vsplat(-150.0f), vsplat(-150.0f), t));
+}
+
+INLINE vf vsigmoid(vf x) {
+    const vf e = vexp_negabs(x);
+    const vf r = 1.0f / (1.0f + e);
+    return vsel(x >= vsplat(0.0f), r, e * r);
+}
+
+/* x sigmoid(x); a NaN x stays NaN (x times anything) */
+INLINE vf vsilu(vf x) { return x * vsigmoid(x); }
+
+/* softplus(x) = max(x, 0) + log1p(t), t = exp(-|x|) in (0, 1], with log1p(t) = 2 atanh(s),
+ * s = t / (2 + t) in (0, 1/3]: 2 s P(s^2), P a degree-4 fit of atanh(s)/s (relative error
+ * 2e-7, small t included: no cancellation). NaN passes (tested on the bits). */
+INLINE vf vsoftplus(vf x) {
+    const vf t = vexp_negabs(x);
+    const vf s = t / (2.0f + t), q = s * s;
+    vf p = vsplat(0.1408916711807251f);
+    p = p * q + 0.13980300724506378f;
+    p = p * q + 0.20012454688549042f;
+    p = p * q + 0.3333315849304199f;
+    p = p * q + 1.0f;
+    const vf r = vsel(x > vsplat(0.0f), x, vsplat(0.0f)) + 2.0f * s * p;
+    return vsel(visnan(x), x, r);
+}
+
+INLINE float bf16_to_f32(uint16_t h) {
+    bits32 v;
+    v.i = (int32_t)((uint32_t)h << 16);
+    return v.f;
+}
+
+/* nb (1..CB) activations from element offset i, fp32 or bf16 widened; other lanes 0 */
+INLINE vf ld_act(const void *p, int64_t i, const int bf16, int nb) {
+    vf v = {0};
+    if (bf16) {
+        vh h = {0};
+        memcpy(&h, (const uint16_t *)p + i, nb == CB ? sizeof(vh) : (size_t)nb * 2);
+        v = (vf)(__builtin_convertvector(h, vu) << 16);
+    } else {
+        memcpy(&v, (const float *)p + i, nb == CB ? sizeof(vf) : (size_t)nb * 4);
+    }
+    return v;
+}
+
+/* nb lanes to element offset i: fp32, or bf16 rounded to nearest even */
+INLINE void st_act(void *p, int64_t i, vf v, const int bf16, int nb) {
+    if (bf16) {
+        vu w = (vu)v;
+        w = (w + 0x7fffu + ((w >> 16) & 1u)) >> 16;
+        const vh h = __builtin_convertvector(w, vh);
+        memcpy((uint16_t *)p + i, &h, nb == CB ? sizeof(vh) : (size_t)nb * 2);
+    } else {
+        memcpy((float *)p + i, &v, nb == CB ? sizeof(vf) : (size_t)nb * 4);
+    }
+}
+
+INLINE vf ld_w(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof(vf));
+    return v;
+}
+
+/* Prefetch the activation at element offset i (fp32 or bf16) for reading (rw 0) or writing.
+ * A block's strip of a row is one cache line read once, and rows are 4E bytes or more apart,
+ * so the hardware prefetchers miss nearly every one: the kernels fetch the next block's lines
+ * while working on the current block. */
+#define PREFETCH_ACT(p, i, bf16, rw) __builtin_prefetch((const char *)(p) + (i) * ((bf16) ? 2 : 4), rw, 3)
+
+/* Rows are visited in chunks of MIXER_CHUNK steps, and within a chunk block by block: a chunk's
+ * rows (a few hundred KB) stay in L2 while every block of the thread reads its strip of them.
+ * Block by block over a whole segment instead, each (row, block) access is a cache miss. */
+#define MIXER_CHUNK 64
+
+/* Steps [l0, l1) of one segment, one channel block, both directions of the causal depthwise
+ * conv + SiLU: forward, step l sees x[l - j] (j < K, l - j >= start) with weight w[K-1-j];
+ * reverse, step l sees x[l + j] (l + j < end) with the same weight. */
+INLINE void mixer_conv_steps(const mixer_args *a, const int64_t *sg, int64_t c0, int64_t l0, int64_t l1,
+                             int64_t next_c0, int64_t next_dl, const int64_t KK, const int bf16, const int nb) {
+    const int64_t E = a->E, L = a->L, Ep = (E + CB - 1) / CB * CB, BL = a->B * a->L;
+    const int64_t b = sg[0], s = sg[1], e = sg[2];
+    const char *x = (const char *)a->x;
+    for (int64_t dir = 0; dir < 2; dir++) {
+        const vf bias = a->conv_b ? ld_w(a->conv_b + dir * Ep + c0) : vsplat(0.0f);
+        vf w[KK];
+        for (int64_t j = 0; j < KK; j++) w[j] = ld_w(a->conv_w + (dir * KK + j) * Ep + c0);
+        /* steps whose whole window lies inside the segment need no per-tap test */
+        const int64_t in0 = dir ? l0 : (s + KK - 1 > l0 ? s + KK - 1 : l0);
+        const int64_t in1 = dir ? (e - KK + 1 < l1 ? e - KK + 1 : l1) : l1;
+        for (int64_t l = l0; l < l1; l++) {
+            const int64_t pl = l + next_dl; /* the next unit of work: block next_c0, step pl */
+            if (pl < e) {
+                PREFETCH_ACT(x, (b * L + pl) * a->ldx + next_c0, bf16, 0);
+                PREFETCH_ACT(a->xc, (dir * BL + b * L + pl) * E + next_c0, bf16, 1);
+            }
+            vf acc = bias;
+            if (l >= in0 && l < in1) {
+                for (int64_t j = 0; j < KK; j++)
+                    acc += w[KK - 1 - j] * ld_act(x, (b * L + (dir ? l + j : l - j)) * a->ldx + c0, bf16, nb);
+            } else {
+                for (int64_t j = 0; j < KK; j++) {
+                    const int64_t src = dir ? l + j : l - j;
+                    if (dir ? src < e : src >= s) acc += w[KK - 1 - j] * ld_act(x, (b * L + src) * a->ldx + c0, bf16, nb);
+                }
+            }
+            st_act(a->xc, (dir * BL + b * L + l) * E + c0, vsilu(acc), bf16, nb);
+        }
+    }
+}
+
+/* Steps of one direction of the scan over one segment, one channel block: i0 <= i < i1 counts
+ * steps from the segment's start (forward) or end (reverse), from the state h and back into it.
+ * The forward direction writes y to yf (fp32 rows like out); the reverse one adds it and writes
+ * the gated sum to out. */
+INLINE void mixer_scan_steps(const mixer_args *a, const int64_t *sg, int64_t c0, const int64_t dir, int64_t i0,
+                             int64_t i1, int64_t next_c0, int64_t next_di, float *restrict state, const int64_t NN,
+                             const int bf16, const int nb) {
+    const int64_t E = a->E, L = a->L, R = a->R, Ep = (E + CB - 1) / CB * CB, BL = a->B * a->L;
+    const int64_t b = sg[0], s = sg[1], e = sg[2];
+    const void *dbl = dir ? a->dbl_r : a->dbl_f;
+    const float *dtw = a->dt_w + dir * R * Ep + c0;
+    const float *A2 = a->A2 + dir * NN * Ep + c0;
+    const vf dtb = a->dt_b ? ld_w(a->dt_b + dir * Ep + c0) : vsplat(0.0f);
+    const vf Dd = a->Dv ? ld_w(a->Dv + dir * Ep + c0) : vsplat(0.0f);
+    /* a NaN in A reaches every output of its channel in the sequential scan; the clamps and
+     * rounding inside vexp2 need not keep it, so it is added to y explicitly */
+    vf poison = vsplat(0.0f);
+    for (int64_t n = 0; n < NN; n++) {
+        const vf an = ld_w(A2 + n * Ep);
+        poison = vsel(visnan(an), an, poison);
+    }
+    /* pass 1, independent per step: dt (dt_proj, softplus), dt u, and the D skip. Steps go
+     * STEPS1 at a time so that their dt_proj sums and softplus chains run side by side. */
+    vf dtv[MIXER_CHUNK], duv[MIXER_CHUNK], yv[MIXER_CHUNK];
+    float wide[MIXER_CHUNK * 256]; /* bf16 dbl rows widened, R + 2N <= 256 floats each */
+    const float *dp[MIXER_CHUNK];  /* each step's fp32 [dt_low | B | C] */
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t l = dir ? e - 1 - i : s + i, row = b * L + l;
+        const int64_t pi = i + next_di; /* the next unit of work: block next_c0, step pi */
+        if (pi < e - s) {
+            const int64_t prow = b * L + (dir ? e - 1 - pi : s + pi);
+            PREFETCH_ACT(a->xc, (dir * BL + prow) * E + next_c0, bf16, 0);
+            if (dir == 0) {
+                PREFETCH_ACT(a->yf, prow * E + next_c0, 0, 1);
+            } else {
+                PREFETCH_ACT(a->yf, prow * E + next_c0, 0, 0);
+                PREFETCH_ACT(a->z, prow * a->ldz + next_c0, bf16, 0);
+                PREFETCH_ACT(a->out, prow * E + next_c0, bf16, 1);
+            }
+        }
+        if (bf16) {
+            const uint16_t *src = (const uint16_t *)dbl + row * a->lddbl;
+            float *w = wide + (i - i0) * (R + 2 * NN);
+            for (int64_t j = 0; j < R + 2 * NN; j++) w[j] = bf16_to_f32(src[j]);
+            dp[i - i0] = w;
+        } else {
+            dp[i - i0] = (const float *)dbl + row * a->lddbl;
+        }
+    }
+#define STEPS1 4
+    for (int64_t i = i0; i < i1; i += STEPS1) {
+        const int64_t m = i1 - i < STEPS1 ? i1 - i : STEPS1;
+        const float *d[STEPS1];
+        vf raw[STEPS1];
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < STEPS1; k++) {
+            d[k] = dp[i - i0 + (k < m ? k : 0)]; /* past the end: repeat a step, results unused */
+            raw[k] = dtb;
+        }
+        for (int64_t r = 0; r < R; r++) {
+            const vf w = ld_w(dtw + r * Ep);
+#pragma GCC unroll 8
+            for (int64_t k = 0; k < STEPS1; k++) raw[k] += d[k][r] * w;
+        }
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < STEPS1; k++) {
+            if (k < m) {
+                const int64_t l = dir ? e - 1 - (i + k) : s + i + k, row = b * L + l;
+                const vf dt = vsoftplus(raw[k]);
+                const vf u = ld_act(a->xc, (dir * BL + row) * E + c0, bf16, nb);
+                dtv[i - i0 + k] = dt;
+                duv[i - i0 + k] = dt * u;
+                yv[i - i0 + k] = Dd * u + poison;
+            }
+        }
+    }
+#undef STEPS1
+    /* pass 2, the recurrence: the decays are independent of the state, so only one multiply-add
+     * per state vector and step is on the critical path; y sums in four chains */
+    vf h[NN];
+    memcpy(h, state, sizeof(h));
+    for (int64_t i = i0; i < i1; i++) {
+        const vf dt = dtv[i - i0], du = duv[i - i0];
+        const float *restrict Bl = dp[i - i0] + R, *restrict Cl = Bl + NN;
+        vf yp[4] = {yv[i - i0], vsplat(0.0f), vsplat(0.0f), vsplat(0.0f)};
+#pragma GCC unroll 16
+        for (int64_t n = 0; n < NN; n++) {
+            h[n] = vexp2(dt * ld_w(A2 + n * Ep)) * h[n] + du * Bl[n];
+            yp[n & 3] += h[n] * Cl[n];
+        }
+        const vf y = (yp[0] + yp[1]) + (yp[2] + yp[3]);
+        const int64_t l = dir ? e - 1 - i : s + i, row = b * L + l;
+        if (dir == 0) {
+            st_act(a->yf, row * E + c0, y, 0, nb);
+        } else {
+            const vf yf = ld_act(a->yf, row * E + c0, 0, nb);
+            const vf zl = ld_act(a->z, row * a->ldz + c0, bf16, nb);
+            st_act(a->out, row * E + c0, (yf + y) * vsilu(zl), bf16, nb);
+        }
+    }
+    memcpy(state, h, sizeof(h));
+}
+
+#define DISPATCH_BF16(CALL) \
+    if (a->bf16) {          \
+        CALL(1)             \
+    } else {                \
+        CALL(0)             \
+    }
+
+/* full blocks with a constant width (whole-vector loads and stores), the last one as it is */
+#define NB(c0) (a->E - (c0) < CB ? (int)(a->E - (c0)) : CB)
+
+/* conv + SiLU of channel blocks [cb0, cb1) over every segment, both directions */
+int lcplm_mixer_conv(const mixer_args *a, int64_t cb0, int64_t cb1) {
+    if (a->K < 1 || a->E < 1 || a->L < 1) return 1;
+    FTZ_BEGIN
+#define CONV(KK, BF)                                                                           \
+    for (int64_t sgi = 0; sgi < a->nseg; sgi++) {                                              \
+        const int64_t *sg = a->seg + 3 * sgi;                                                  \
+        for (int64_t l0 = sg[1]; l0 < sg[2]; l0 += MIXER_CHUNK) {                              \
+            const int64_t l1 = l0 + MIXER_CHUNK < sg[2] ? l0 + MIXER_CHUNK : sg[2];            \
+            for (int64_t cb = cb0; cb < cb1; cb++) {                                           \
+                const int64_t nc = cb + 1 < cb1 ? (cb + 1) * CB : cb0 * CB;                    \
+                const int64_t nd = cb + 1 < cb1 ? 0 : MIXER_CHUNK;                             \
+                if (NB(cb * CB) == CB)                                                         \
+                    mixer_conv_steps(a, sg, cb * CB, l0, l1, nc, nd, KK, BF, CB);              \
+                else /* the last, partial block: no specialisation worth its compile time */   \
+                    mixer_conv_steps(a, sg, cb * CB, l0, l1, nc, nd, a->K, BF, NB(cb * CB));   \
+            }                                                                                  \
+        }                                                                                      \
+    }
+/* K = 4 (mamba-ssm's default d_conv) specialised, other windows generic */
+#define CONV_K(BF)                      \
+    if (a->K == 4) {                    \
+        CONV(4, BF)                     \
+    } else {                            \
+        CONV(a->K, BF)                  \
+    }
+    DISPATCH_BF16(CONV_K)
+#undef CONV_K
+#undef CONV
+    FTZ_END
+    return 0;
+}
+
+/* Scratch floats one thread of lcplm_mixer_scan needs: the states of its blocks. */
+int64_t lcplm_mixer_scan_work(int64_t N, int64_t nblocks) { return nblocks * N * CB; }
+
+/* Both scan directions of channel blocks [cb0, cb1) over every segment; work: see above. */
+int lcplm_mixer_scan(const mixer_args *a, int64_t cb0, int64_t cb1, float *work) {
+    if (a->N < 1 || a->N > 64 || a->E < 1 || a->L < 1 || a->R < 0 || a->R + 2 * a->N > 256) return 1;
+    FTZ_BEGIN
+#define SCAN(NN, BF)                                                                                 \
+    for (int64_t sgi = 0; sgi < a->nseg; sgi++) {                                                    \
+        const int64_t *sg = a->seg + 3 * sgi, len = sg[2] - sg[1];                                   \
+        for (int64_t dir = 0; dir < 2; dir++) {                                                      \
+            memset(work, 0, sizeof(float) * (size_t)((cb1 - cb0) * a->N * CB));                     \
+            for (int64_t i0 = 0; i0 < len; i0 += MIXER_CHUNK) {                                      \
+                const int64_t i1 = i0 + MIXER_CHUNK < len ? i0 + MIXER_CHUNK : len;                  \
+                for (int64_t cb = cb0; cb < cb1; cb++) {                                             \
+                    float *st = work + (cb - cb0) * a->N * CB;                                       \
+                    const int nb = NB(cb * CB);                                                      \
+                    const int64_t nc = cb + 1 < cb1 ? (cb + 1) * CB : cb0 * CB;                      \
+                    const int64_t nd = cb + 1 < cb1 ? 0 : MIXER_CHUNK;                               \
+                    if (nb == CB)                                                                    \
+                        mixer_scan_steps(a, sg, cb * CB, dir, i0, i1, nc, nd, st, NN, BF, CB);       \
+                    else /* the last, partial block: generic */                                      \
+                        mixer_scan_steps(a, sg, cb * CB, dir, i0, i1, nc, nd, st, a->N, BF, nb);     \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }
+/* d_state 16 (mamba-ssm's default) specialised, other sizes generic: each specialisation costs
+ * seconds of compile time on first use */
+#define SCAN_N(BF)                      \
+    if (a->N == 16) {                   \
+        SCAN(16, BF)                    \
+    } else {                            \
+        SCAN(a->N, BF)                  \
+    }
+    DISPATCH_BF16(SCAN_N)
+#undef SCAN_N
+#undef SCAN
+    FTZ_END
+    return 0;
+}
+#undef NB
+
+/* Version of the entry points, scan_args, conv_args and mixer_args, checked by the loader. */
+int lcplm_scan_abi(void) { return 5; }

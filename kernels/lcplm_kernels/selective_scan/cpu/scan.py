@@ -70,6 +70,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         nstate = Af.shape[1]
         rows, K = bsz * dim, ctx.chunk_size
         doutf = torch.zeros_like(uf) if dout is None else f32(dout)
+        dlastf = f32(dlast)  # referenced until the call ends: the struct holds only its pointer
         du, ddelta = torch.empty_like(uf), torch.empty_like(uf)
         dz = None if zf is None else torch.empty_like(uf)
         dA_part = torch.empty(rows, nstate, dtype=torch.float32)
@@ -78,7 +79,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             build.ScanArgs,
             Dm=dim, L=length, N=nstate, K=K, softplus=int(ctx.delta_softplus),
             u=uf, delta=deltaf, bias=biasf, A=Af, Bt=Bt, Ct=Ct, Dv=Df, z=zf, keep=keepf,
-            y=y, states=states, dout=doutf, dlast=f32(dlast),
+            y=y, states=states, dout=doutf, dlast=dlastf,
             du=du, ddelta=ddelta, dz=dz, dA_part=dA_part, dD_part=dD_part, dbias_part=dbias_part,
         )  # fmt: skip
         parts = row_ranges(rows, torch.get_num_threads())

@@ -1,0 +1,88 @@
+"""BiMamba-S's inference route on CPU: the mixer's forward without autograd, in three C calls.
+
+Taken by :class:`~lcplm.models.bimamba.BiMambaMixer` when gradients are off (``torch.no_grad``
+or ``inference_mode``: embedding, evaluation), the tensors are on the CPU, ``scan_backend`` is
+``auto`` or ``native`` with the native library built, the activations are fp32 or bf16 and the
+projections are shared. It computes what the training path computes (the tests hold it to the
+training path and the sequential reference within fp32 tolerance, alone, padded and packed):
+
+    xz  = in_proj(h)                                  (B, L, 2E): x, z are strided views
+    xc  = conv + SiLU of x, both directions           (2, B, L, E)   one C call
+    dbl = fwd.x_proj(xc[0]), rev.x_proj(xc[1])        (B, L, R + 2N) each
+    y   = (scan_fwd + scan_rev) * silu(z)             (B, L, E)      one C call, dt_proj fused
+    out = out_proj(y)
+
+The training path instead transposes to (B, E, L) and back, flips the reverse direction's
+inputs and outputs, runs dt_proj as its own matmul and keeps everything autograd needs. Here
+the reverse direction runs backwards through each sequence instead, and nothing is kept.
+Under bf16 (a bf16 model, or CPU autocast) the projections run in bf16 and the C ops read and
+write bf16, computing in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import Tensor
+
+from lcplm_kernels import selective_scan as ssm_ops
+
+if TYPE_CHECKING:
+    from lcplm.models.bimamba import BiMambaMixer, SequenceLayout
+
+
+_switch = threading.local()
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Inside, mixers take the training path even without gradients (to compare the two)."""
+    before = getattr(_switch, "off", False)
+    _switch.off = True
+    try:
+        yield
+    finally:
+        _switch.off = before
+
+
+def applies(mixer: "BiMambaMixer", h: Tensor) -> bool:
+    """Whether ``mixer(h, ...)`` takes the inference route (see the module docstring)."""
+    if getattr(_switch, "off", False) or torch.is_grad_enabled() or h.device.type != "cpu" or mixer.backend not in ("auto", "native"):
+        return False
+    if not getattr(mixer, "share_projections", True):
+        return False
+    weight = mixer.in_proj.weight
+    act = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
+    if act not in ssm_ops.cpu.bidirectional.ACTIVATION_DTYPES or h.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return ssm_ops.native_scan_unavailable() is None
+
+
+def mixer_forward(mixer: "BiMambaMixer", h: Tensor, layout: "SequenceLayout") -> Tensor:
+    """The mixer's output (B, L, d) for h (B, L, d), forward only (see the module docstring)."""
+    bsz, length, _ = h.shape
+    fwd, rev = mixer.fwd, mixer.rev
+    dim = fwd.conv1d.weight.shape[0]
+    xz = mixer.in_proj(h)
+    x, z = xz[..., :dim], xz[..., dim:]
+    segments = layout.segments(bsz, length)
+    conv_w = torch.stack([fwd.conv1d.weight[:, 0], rev.conv1d.weight[:, 0]])  # (2, E, K)
+    conv_b = None if fwd.conv1d.bias is None else torch.stack([fwd.conv1d.bias, rev.conv1d.bias])
+    xc = ssm_ops.bidirectional_conv1d_cpu(x, conv_w, conv_b, segments)
+    dbl_fwd, dbl_rev = fwd.x_proj(xc[0]), rev.x_proj(xc[1])
+    y = ssm_ops.bidirectional_scan_cpu(
+        xc,
+        dbl_fwd.to(xc.dtype),
+        dbl_rev.to(xc.dtype),
+        torch.stack([fwd.dt_proj.weight, rev.dt_proj.weight]),
+        torch.stack([fwd.dt_proj.bias, rev.dt_proj.bias]),
+        -torch.exp(torch.stack([fwd.A_log, rev.A_log]).float()),
+        torch.stack([fwd.D, rev.D]),
+        z,
+        segments,
+    )
+    # under autocast out_proj casts y to bf16 again: skip the round trip through h's dtype
+    return mixer.out_proj(y if torch.is_autocast_enabled("cpu") else y.to(h.dtype))
