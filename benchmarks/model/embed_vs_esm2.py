@@ -250,23 +250,20 @@ def profile(bim: BiMambaLM, bsz: int, length: int, dtype: torch.dtype) -> None:
         parts.setdefault(name, []).append(time.process_time() - t0)
         return r
 
-    conv_w = torch.stack([fwd.conv1d.weight[:, 0], rev.conv1d.weight[:, 0]])
-    conv_b = torch.stack([fwd.conv1d.bias, rev.conv1d.bias])
-    rest = (
-        torch.stack([fwd.dt_proj.weight, rev.dt_proj.weight]),
-        torch.stack([fwd.dt_proj.bias, rev.dt_proj.bias]),
-        -torch.exp(torch.stack([fwd.A_log, rev.A_log]).float()),
-        torch.stack([fwd.D, rev.D]),
-    )
+    weights = bimamba_inference._kernel_weights(mixer)
     with torch.inference_mode():
         for _ in range(6):
             timed("RMSNorm", lambda: block.norm(h))
             xz = timed("in_proj (matmul)", lambda: mixer.in_proj(h))
             x, z = xz[..., :dim], xz[..., dim:]
-            xc = timed("conv + SiLU, both directions (C)", lambda: ops.bidirectional_conv1d_cpu(x, conv_w, conv_b, seg))
+            act = xz.dtype
+            buf_xc = layout.workspace("xc", (2, bsz, length, dim), act, False)
+            buf_y = layout.workspace("y", (bsz, length, dim), act, False)
+            buf_yf = None if act == torch.float32 else layout.workspace("y_fwd", (bsz, length, dim), torch.float32, False)
+            xc = timed("conv + SiLU, both directions (C)", lambda: ops.bidirectional_conv1d_cpu(x, weights, seg, out=buf_xc))
             dbl_f = timed("x_proj x 2 (matmuls)", lambda: fwd.x_proj(xc[0]))
             dbl_r = timed("x_proj x 2 (matmuls)", lambda: rev.x_proj(xc[1]))
-            y = timed("scan x 2 + dt_proj + gate (C)", lambda: ops.bidirectional_scan_cpu(xc, dbl_f, dbl_r, *rest, z, seg))
+            y = timed("scan x 2 + dt_proj + gate (C)", lambda: ops.bidirectional_scan_cpu(xc, dbl_f, dbl_r, z, weights, seg, out=buf_y, scratch=buf_yf))
             timed("out_proj (matmul)", lambda: mixer.out_proj(y))
             timed("whole block", lambda: block(h, h.float(), layout))
     xp = parts["x_proj x 2 (matmuls)"]

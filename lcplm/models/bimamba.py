@@ -28,7 +28,7 @@ and their conv runs in PyTorch with per-sequence masking.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -108,6 +108,7 @@ class SequenceLayout:
     cu_seqlens: Optional[Tensor] = None
     valid: Optional[Tensor] = None
     _segments: Optional[Tensor] = None
+    _workspace: dict = field(default_factory=dict)
 
     @staticmethod
     def build(input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> "SequenceLayout":
@@ -144,6 +145,14 @@ class SequenceLayout:
             lengths = None if self.valid is None else self.valid.sum(1)
             self._segments = ssm_ops.sequence_segments(batch, length, lengths, self.cu_seqlens)
         return self._segments
+
+    def workspace(self, name: str, shape: tuple, dtype: torch.dtype, zeroed: bool) -> Tensor:
+        """A buffer the inference route reuses in every layer of this forward (zeros if asked:
+        where padding rows must stay zero; the kernels never write them)."""
+        buf = self._workspace.get(name)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = self._workspace[name] = (torch.zeros if zeroed else torch.empty)(shape, dtype=dtype)
+        return buf
 
     def reverse(self, x: Tensor) -> Tensor:
         """x: (B, E, L) with every sequence reversed within its own extent."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -61,28 +62,53 @@ def applies(mixer: "BiMambaMixer", h: Tensor) -> bool:
     return ssm_ops.native_scan_unavailable() is None
 
 
-def mixer_forward(mixer: "BiMambaMixer", h: Tensor, layout: "SequenceLayout") -> Tensor:
-    """The mixer's output (B, L, d) for h (B, L, d), forward only (see the module docstring)."""
-    bsz, length, _ = h.shape
+# per mixer: (the parameters' identity and version, their kernel layout); rebuilt after any
+# change to a parameter (an optimizer step bumps its version, .to() gives new storage)
+_weights: "weakref.WeakKeyDictionary[BiMambaMixer, tuple]" = weakref.WeakKeyDictionary()
+_weights_lock = threading.Lock()
+
+
+def _kernel_weights(mixer: "BiMambaMixer") -> ssm_ops.MixerWeights:
     fwd, rev = mixer.fwd, mixer.rev
-    dim = fwd.conv1d.weight.shape[0]
-    xz = mixer.in_proj(h)
-    x, z = xz[..., :dim], xz[..., dim:]
-    segments = layout.segments(bsz, length)
-    conv_w = torch.stack([fwd.conv1d.weight[:, 0], rev.conv1d.weight[:, 0]])  # (2, E, K)
-    conv_b = None if fwd.conv1d.bias is None else torch.stack([fwd.conv1d.bias, rev.conv1d.bias])
-    xc = ssm_ops.bidirectional_conv1d_cpu(x, conv_w, conv_b, segments)
-    dbl_fwd, dbl_rev = fwd.x_proj(xc[0]), rev.x_proj(xc[1])
-    y = ssm_ops.bidirectional_scan_cpu(
-        xc,
-        dbl_fwd.to(xc.dtype),
-        dbl_rev.to(xc.dtype),
+    params = [
+        t for d in (fwd, rev) for t in (d.conv1d.weight, d.conv1d.bias, d.dt_proj.weight, d.dt_proj.bias, d.A_log, d.D)
+        if t is not None
+    ]  # fmt: skip
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in params)
+    with _weights_lock:
+        cached = _weights.get(mixer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    weights = ssm_ops.mixer_weights(
+        torch.stack([fwd.conv1d.weight[:, 0], rev.conv1d.weight[:, 0]]),  # (2, E, K)
+        None if fwd.conv1d.bias is None else torch.stack([fwd.conv1d.bias, rev.conv1d.bias]),
         torch.stack([fwd.dt_proj.weight, rev.dt_proj.weight]),
         torch.stack([fwd.dt_proj.bias, rev.dt_proj.bias]),
         -torch.exp(torch.stack([fwd.A_log, rev.A_log]).float()),
         torch.stack([fwd.D, rev.D]),
-        z,
-        segments,
     )
+    with _weights_lock:
+        _weights[mixer] = (key, weights)
+    return weights
+
+
+def mixer_forward(mixer: "BiMambaMixer", h: Tensor, layout: "SequenceLayout") -> Tensor:
+    """The mixer's output (B, L, d) for h (B, L, d), forward only (see the module docstring)."""
+    bsz, length, _ = h.shape
+    weights = _kernel_weights(mixer)
+    xz = mixer.in_proj(h)
+    x, z = xz[..., : weights.dim], xz[..., weights.dim :]
+    segments = layout.segments(bsz, length)
+    act, shape = xz.dtype, (bsz, length, weights.dim)
+    padded = int((segments[:, 2] - segments[:, 1]).sum()) < bsz * length  # rows the kernels skip
+    # buffers shared by the layers of one forward (the layout lives as long as the forward):
+    # fresh tens-of-MB tensors per layer would make the allocator return and re-fault pages
+    xc = ssm_ops.bidirectional_conv1d_cpu(x, weights, segments, out=layout.workspace("xc", (2, *shape), act, padded))
+    dbl_fwd, dbl_rev = mixer.fwd.x_proj(xc[0]), mixer.rev.x_proj(xc[1])
+    y = ssm_ops.bidirectional_scan_cpu(
+        xc, dbl_fwd.to(act), dbl_rev.to(act), z, weights, segments,
+        out=layout.workspace("y", shape, act, padded),
+        scratch=None if act == torch.float32 else layout.workspace("y_fwd", shape, torch.float32, False),
+    )  # fmt: skip
     # under autocast out_proj casts y to bf16 again: skip the round trip through h's dtype
     return mixer.out_proj(y if torch.is_autocast_enabled("cpu") else y.to(h.dtype))

@@ -24,6 +24,7 @@ from lcplm_kernels.selective_scan import (
     bidirectional_conv1d_ref,
     bidirectional_scan_cpu,
     bidirectional_scan_ref,
+    mixer_weights,
     sequence_segments,
 )
 from lcplm_kernels.selective_scan.cpu import build
@@ -42,6 +43,19 @@ def kernel(request):
     if os.environ.get("LCPLM_REQUIRE_NATIVE_SCAN") == "1":
         pytest.fail(f"the native CPU kernels are required here but unavailable: {reason}")
     pytest.skip(f"native CPU kernels unavailable: {reason}")
+
+
+def conv_fast(x, w, b, seg):
+    """The C conv with raw (2, E, K) weights (other weights: any valid stand-ins)."""
+    dim = w.shape[1]
+    weights = mixer_weights(w, b, torch.zeros(2, dim, 1), None, -torch.ones(2, dim, 1), None)
+    return bidirectional_conv1d_cpu(x, weights, seg)
+
+
+def scan_fast(xc, dbl_fwd, dbl_rev, dt_weight, dt_bias, A, D, z, segments):
+    """The C scan with the reference's argument list."""
+    weights = mixer_weights(torch.zeros(2, xc.shape[3], 1), None, dt_weight, dt_bias, A, D)
+    return bidirectional_scan_cpu(xc, dbl_fwd, dbl_rev, z, weights, segments)
 
 
 def segments_of(kind: str, batch: int, length: int) -> tuple[int, torch.Tensor]:
@@ -81,9 +95,9 @@ def test_conv_matches_reference(kind, dtype, width, dim):
     x = xz[..., :dim]  # in_proj's x half, read in place
     w, b = torch.randn(2, dim, width, generator=g), torch.randn(2, dim, generator=g)
     with torch.no_grad():
-        got = bidirectional_conv1d_cpu(x, w, b, seg)
+        got = conv_fast(x, w, b, seg)
         ref = bidirectional_conv1d_ref(x, w, b, seg)
-        no_bias = bidirectional_conv1d_cpu(x, w, None, seg)
+        no_bias = conv_fast(x, w, None, seg)
     assert got.dtype == dtype and got.shape == (2, batch, 37, dim)
     torch.testing.assert_close(got.float(), ref.float(), **(FP32 if dtype == torch.float32 else BF16))
     torch.testing.assert_close(no_bias.float(), bidirectional_conv1d_ref(x, w, None, seg).float(), **(FP32 if dtype == torch.float32 else BF16))
@@ -98,7 +112,7 @@ def test_scan_matches_reference(kind, dtype, dim, nstate, rank):
     batch, seg = segments_of(kind, 4, 150)  # longer than one 64-step chunk of the kernel
     x = scan_case(batch, 150, dim, nstate, rank, dtype)
     with torch.no_grad():
-        got = bidirectional_scan_cpu(**x, segments=seg)
+        got = scan_fast(**x, segments=seg)
         ref = bidirectional_scan_ref(**x, segments=seg)
     assert got.dtype == dtype and got.shape == (batch, 150, dim)
     torch.testing.assert_close(got.float(), ref.float(), **(FP32 if dtype == torch.float32 else BF16))
@@ -109,7 +123,7 @@ def test_scan_optional_inputs(has_D, has_bias):
     _, seg = segments_of("rows", 2, 70)
     x = scan_case(2, 70, 32, 16, 4, torch.float32, has_D=has_D, has_bias=has_bias)
     with torch.no_grad():
-        torch.testing.assert_close(bidirectional_scan_cpu(**x, segments=seg), bidirectional_scan_ref(**x, segments=seg), **FP32)
+        torch.testing.assert_close(scan_fast(**x, segments=seg), bidirectional_scan_ref(**x, segments=seg), **FP32)
 
 
 def test_large_and_tiny_decays():
@@ -121,7 +135,7 @@ def test_large_and_tiny_decays():
         x["dt_bias"] = torch.full((2, 16), bias)
         x["A"] = x["A"] * a_scale
         with torch.no_grad():
-            got = bidirectional_scan_cpu(**x, segments=seg)
+            got = scan_fast(**x, segments=seg)
             ref = bidirectional_scan_ref(**x, segments=seg)
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, ref, **FP32)
@@ -136,8 +150,8 @@ def test_rows_outside_segments_are_zero_and_every_covered_element_written(monkey
     x = scan_case(batch, 90, 40, 16, 4, torch.float32, seed=5)
     w = torch.randn(2, 40, 4)
     with torch.no_grad():
-        xc = bidirectional_conv1d_cpu(x["z"], w, None, seg)  # any (B, L, E) input
-        out = bidirectional_scan_cpu(**x, segments=seg)
+        xc = conv_fast(x["z"], w, None, seg)  # any (B, L, E) input
+        out = scan_fast(**x, segments=seg)
     covered = torch.zeros(batch, 90, dtype=torch.bool)
     for b, s, e in seg.tolist():
         covered[b, s:e] = True
@@ -147,8 +161,8 @@ def test_rows_outside_segments_are_zero_and_every_covered_element_written(monkey
     _, seg = segments_of("rows", 2, 90)
     x = scan_case(2, 90, 40, 16, 4, torch.float32, seed=6)
     with torch.no_grad():
-        assert torch.isfinite(bidirectional_scan_cpu(**x, segments=seg)).all()
-        assert torch.isfinite(bidirectional_conv1d_cpu(x["z"], w, None, seg)).all()
+        assert torch.isfinite(scan_fast(**x, segments=seg)).all()
+        assert torch.isfinite(conv_fast(x["z"], w, None, seg)).all()
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -162,16 +176,31 @@ def test_thread_counts_agree_bitwise(threads):
     try:
         with torch.no_grad():
             torch.set_num_threads(1)
-            one = (bidirectional_scan_cpu(**x, segments=seg), bidirectional_conv1d_cpu(x["z"], w, None, seg))
+            one = (scan_fast(**x, segments=seg), conv_fast(x["z"], w, None, seg))
             torch.set_num_threads(threads)
-            many = (bidirectional_scan_cpu(**x, segments=seg), bidirectional_conv1d_cpu(x["z"], w, None, seg))
+            many = (scan_fast(**x, segments=seg), conv_fast(x["z"], w, None, seg))
             tiny = scan_case(1, 5, 8, 16, 1, torch.float32)
-            tiny_out = bidirectional_scan_cpu(**tiny, segments=sequence_segments(1, 5))
+            tiny_out = scan_fast(**tiny, segments=sequence_segments(1, 5))
     finally:
         torch.set_num_threads(before)
     for a, b in zip(one, many):
         assert torch.equal(a, b)
     torch.testing.assert_close(tiny_out, bidirectional_scan_ref(**tiny, segments=sequence_segments(1, 5)), **FP32)
+
+
+def test_torch_threads_and_own_pool_agree_bitwise(monkeypatch):
+    """The ops run on PyTorch's OpenMP threads when the library shares PyTorch's libgomp, else on a
+    pool of their own: the same split of the blocks, the same bits."""
+    batch, seg = segments_of("padded", 4, 70)
+    x = scan_case(batch, 70, 72, 16, 4, torch.float32, seed=10)
+    w = torch.randn(2, 72, 4)
+    runs = []
+    for team in (True, False):
+        monkeypatch.setattr(build, "uses_torch_threads", lambda team=team: team)
+        with torch.no_grad():
+            runs.append((scan_fast(**x, segments=seg), conv_fast(x["z"], w, None, seg)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", ["xc", "dt", "B", "C", "z", "dt_bias", "D", "A", "conv_x"])
@@ -185,7 +214,7 @@ def test_nan_propagates_like_the_reference(name):
         xz[0, 10, 3] = nan
         w = torch.randn(2, 16, 4)
         with torch.no_grad():
-            got, ref = bidirectional_conv1d_cpu(xz[..., :16], w, None, seg), bidirectional_conv1d_ref(xz[..., :16], w, None, seg)
+            got, ref = conv_fast(xz[..., :16], w, None, seg), bidirectional_conv1d_ref(xz[..., :16], w, None, seg)
         assert torch.isnan(ref).any() and torch.equal(torch.isnan(got), torch.isnan(ref))
         return
     if name == "xc":
@@ -200,7 +229,7 @@ def test_nan_propagates_like_the_reference(name):
     else:
         x["A"][0, 3, 7] = nan
     with torch.no_grad():
-        got = bidirectional_scan_cpu(**x, segments=seg)
+        got = scan_fast(**x, segments=seg)
         ref = bidirectional_scan_ref(**x, segments=seg)
     assert torch.isnan(ref).any()
     assert torch.equal(torch.isnan(got), torch.isnan(ref))
@@ -209,20 +238,21 @@ def test_nan_propagates_like_the_reference(name):
 def test_forward_only_and_bad_inputs():
     _, seg = segments_of("rows", 2, 10)
     x = scan_case(2, 10, 16, 16, 4, torch.float32)
-    x["dt_weight"].requires_grad_()
     with pytest.raises(RuntimeError, match="forward-only"):
-        bidirectional_scan_cpu(**x, segments=seg)
+        scan_fast(**{**x, "xc": x["xc"].clone().requires_grad_()}, segments=seg)
     with torch.no_grad():
-        with pytest.raises(ValueError, match="segments"):
-            bidirectional_scan_cpu(**x, segments=torch.tensor([[0, 5, 11]]))
+        with pytest.raises(ValueError, match="inside"):
+            scan_fast(**x, segments=torch.tensor([[0, 5, 11]]))
+        with pytest.raises(ValueError, match="overlap"):
+            scan_fast(**x, segments=torch.tensor([[1, 0, 6], [0, 0, 4], [1, 5, 10]]))
         with pytest.raises(ValueError, match="share one dtype"):
-            bidirectional_scan_cpu(**{**x, "z": x["z"].to(torch.bfloat16)}, segments=seg)
+            scan_fast(**{**x, "z": x["z"].to(torch.bfloat16)}, segments=seg)
         with pytest.raises(ValueError, match="A must be"):
-            bidirectional_scan_cpu(**{**x, "A": x["A"][:1]}, segments=seg)
-        with pytest.raises(ValueError, match="weight must be"):
-            bidirectional_conv1d_cpu(x["z"], torch.randn(16, 4), None, seg)
+            scan_fast(**{**x, "A": x["A"][:1]}, segments=seg)
+        with pytest.raises(ValueError, match="conv_weight must be"):
+            conv_fast(x["z"], torch.randn(16, 4), None, seg)
         with pytest.raises(ValueError, match="fp32 or bf16"):
-            bidirectional_conv1d_cpu(x["z"].double(), torch.randn(2, 16, 4), None, seg)
+            conv_fast(x["z"].double(), torch.randn(2, 16, 4), None, seg)
 
 
 def test_sequence_segments():
@@ -258,9 +288,9 @@ def test_generic_vector_path_without_avx512(tmp_path, monkeypatch):
             w = torch.randn(2, 40, 4)
             tol = FP32 if dtype == torch.float32 else BF16
             with torch.no_grad():
-                torch.testing.assert_close(bidirectional_scan_cpu(**x, segments=seg).float(), bidirectional_scan_ref(**x, segments=seg).float(), **tol)
+                torch.testing.assert_close(scan_fast(**x, segments=seg).float(), bidirectional_scan_ref(**x, segments=seg).float(), **tol)
                 torch.testing.assert_close(
-                    bidirectional_conv1d_cpu(x["z"], w, None, seg).float(), bidirectional_conv1d_ref(x["z"], w, None, seg).float(), **tol
+                    conv_fast(x["z"], w, None, seg).float(), bidirectional_conv1d_ref(x["z"], w, None, seg).float(), **tol
                 )
     finally:
         build.reset()

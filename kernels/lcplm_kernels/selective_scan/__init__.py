@@ -8,7 +8,7 @@ Public API:
 - fused C for CPUs (``cpu/``): ``selective_scan_cpu``; conv (``conv.py``): ``causal_conv1d_cpu``,
   ``causal_conv1d_torch``
 - inference (forward-only, channels-last, both directions of BiMamba-S's mixer):
-  ``bidirectional_conv1d_cpu``, ``bidirectional_scan_cpu`` (``cpu/bidirectional.py``), their
+  ``mixer_weights``, ``bidirectional_conv1d_cpu``, ``bidirectional_scan_cpu`` (``cpu/bidirectional.py``), their
   references ``bidirectional_conv1d_ref``, ``bidirectional_scan_ref``, and ``sequence_segments``
 
 Importing this package compiles nothing and imports neither mamba_ssm nor causal_conv1d.
@@ -17,7 +17,7 @@ Importing this package compiles nothing and imports neither mamba_ssm nor causal
 from ..errors import BackendUnavailableError
 from .chunked import selective_scan_chunked
 from .conv import causal_conv1d_cpu, causal_conv1d_torch
-from .cpu import bidirectional_conv1d_cpu, bidirectional_scan_cpu, selective_scan_cpu
+from .cpu import MixerWeights, bidirectional_conv1d_cpu, bidirectional_scan_cpu, mixer_weights, selective_scan_cpu
 from .interface import (
     GPU_INSTALL_HINT,
     SCAN_BACKENDS,
@@ -40,6 +40,7 @@ from .naive import (
 __all__ = [
     "BackendUnavailableError",
     "GPU_INSTALL_HINT",
+    "MixerWeights",
     "bidirectional_conv1d_cpu",
     "bidirectional_conv1d_ref",
     "bidirectional_scan_cpu",
@@ -51,6 +52,7 @@ __all__ = [
     "causal_conv1d_torch",
     "check_scan_shapes",
     "mamba_scan_fn",
+    "mixer_weights",
     "native_scan_unavailable",
     "resolve_scan_backend",
     "segment_starts",

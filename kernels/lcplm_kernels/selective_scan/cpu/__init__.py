@@ -3,16 +3,18 @@
 autograd op sits beside the PyTorch one in ``../conv.py``; and BiMamba-S's forward-only
 channels-last bidirectional conv and scan (``bidirectional.py``). See ../README.md."""
 
-from .bidirectional import bidirectional_conv1d_cpu, bidirectional_scan_cpu
+from .bidirectional import MixerWeights, bidirectional_conv1d_cpu, bidirectional_scan_cpu, mixer_weights
 from .build import library_info, unavailable_reason
 from .scan import DEFAULT_CHUNK, available, selective_scan_cpu
 
 __all__ = [
     "DEFAULT_CHUNK",
+    "MixerWeights",
     "available",
     "bidirectional_conv1d_cpu",
     "bidirectional_scan_cpu",
     "library_info",
+    "mixer_weights",
     "selective_scan_cpu",
     "unavailable_reason",
 ]
