@@ -23,6 +23,11 @@ directly: after the per-sequence reversal the padding still sits after every seq
 the causal conv and scan never carry it into real positions. Packed batches are unpacked
 into a right-padded batch for the scan kernel and packed back (``lcplm_kernels.selective_scan``),
 and their conv runs in PyTorch with per-sequence masking.
+
+Without gradients on CPU (``scan_backend`` auto or native), each mixer takes the forward-only
+inference route of :mod:`lcplm.models.bimamba_inference` instead: same outputs within fp32
+rounding, no transposes or flips, nothing kept for a backward (``bimamba_inference.disabled()``
+forces the path above, to compare them).
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class SequenceLayout:
     within its own extent (an involution; padding stays put), None for a plain flip.
     positions: (L,) long, each token's index within its own sequence (packed batches only).
     cu_seqlens: (n+1,) int32 (packed batches only). valid: (B, L) bool (padded batches only).
+    The inference route adds, on first use, the sequences as (batch row, start, end) segments
+    and buffers its layers share (:meth:`segments`, :meth:`workspace`).
     """
 
     rev_index: Optional[Tensor] = None
@@ -267,6 +274,8 @@ class BiMambaBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], layout: SequenceLayout) -> tuple[Tensor, Tensor]:
         """hidden, residual: (B, L, d) -> (mixer output, updated residual)."""
+        if bimamba_inference.block_applies(self, hidden, residual):  # no autograd, CPU
+            return bimamba_inference.block_forward(self, hidden, residual, layout)
         residual = hidden if residual is None else hidden + residual
         hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), layout)
         if self.residual_in_fp32:

@@ -12,7 +12,8 @@ training path and the sequential reference within fp32 tolerance, alone, padded 
     y   = (scan_fwd + scan_rev) * silu(z)             (B, L, E)      one C call, dt_proj fused
     out = out_proj(y)
 
-The training path instead transposes to (B, E, L) and back, flips the reverse direction's
+Each block's residual add and RMSNorm run as one C pass too (``block_forward``). The training
+path instead transposes to (B, E, L) and back, flips the reverse direction's
 inputs and outputs, runs dt_proj as its own matmul and keeps everything autograd needs. Here
 the reverse direction runs backwards through each sequence instead, and nothing is kept.
 Under bf16 (a bf16 model, or CPU autocast) the projections run in bf16 and the C ops read and
@@ -32,7 +33,7 @@ from torch import Tensor
 from lcplm_kernels import selective_scan as ssm_ops
 
 if TYPE_CHECKING:
-    from lcplm.models.bimamba import BiMambaMixer, SequenceLayout
+    from lcplm.models.bimamba import BiMambaBlock, BiMambaMixer, SequenceLayout
 
 
 _switch = threading.local()
@@ -112,3 +113,26 @@ def mixer_forward(mixer: "BiMambaMixer", h: Tensor, layout: "SequenceLayout") ->
     )  # fmt: skip
     # under autocast out_proj casts y to bf16 again: skip the round trip through h's dtype
     return mixer.out_proj(y if torch.is_autocast_enabled("cpu") else y.to(h.dtype))
+
+
+def block_applies(block: "BiMambaBlock", hidden: Tensor, residual: Tensor | None) -> bool:
+    """Whether ``block`` runs on the route, its residual add and RMSNorm fused as well: the mixer's
+    route applies and the residual stream is fp32 (``residual_in_fp32``, or an fp32 model)."""
+    return (
+        applies(block.mixer, hidden)
+        and (residual is None or residual.dtype == torch.float32)
+        and (block.residual_in_fp32 or hidden.dtype == torch.float32)
+        and block.norm.weight.dtype in ssm_ops.cpu.bidirectional.ACTIVATION_DTYPES
+    )
+
+
+def block_forward(block: "BiMambaBlock", hidden: Tensor, residual: Tensor | None, layout: "SequenceLayout") -> tuple[Tensor, Tensor]:
+    """The block's (mixer output, fp32 residual): residual add and RMSNorm in one C pass, then the
+    mixer's route. The residual lives in a buffer the next layer updates in place."""
+    norm = block.norm
+    residual, normed = ssm_ops.add_rms_norm_cpu(
+        hidden, residual, norm.weight, norm.eps, norm.weight.dtype,
+        res_out=layout.workspace("residual", tuple(hidden.shape), torch.float32, False),
+        out=layout.workspace("normed", tuple(hidden.shape), norm.weight.dtype, False),
+    )  # fmt: skip
+    return mixer_forward(block.mixer, normed, layout), residual

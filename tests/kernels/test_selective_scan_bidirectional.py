@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from lcplm_kernels.selective_scan import (
+    add_rms_norm_cpu,
+    add_rms_norm_ref,
     bidirectional_conv1d_cpu,
     bidirectional_conv1d_ref,
     bidirectional_scan_cpu,
@@ -253,6 +255,33 @@ def test_forward_only_and_bad_inputs():
             conv_fast(x["z"], torch.randn(16, 4), None, seg)
         with pytest.raises(ValueError, match="fp32 or bf16"):
             conv_fast(x["z"].double(), torch.randn(2, 16, 4), None, seg)
+
+
+@pytest.mark.parametrize("hidden_dtype,norm_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_rms_norm_matches_reference(hidden_dtype, norm_dtype, with_residual):
+    """The block's residual add + RMSNorm: fp32 residual exact (one add), normed within one
+    rounding of its dtype; in place on the residual (as the route uses it) gives the same."""
+    g = torch.Generator().manual_seed(11)
+    hidden = (torch.randn(3, 37, 40, generator=g) * 3).to(hidden_dtype)
+    residual = torch.randn(3, 37, 40, generator=g) if with_residual else None
+    weight = torch.randn(40, generator=g)
+    with torch.no_grad():
+        r, normed = add_rms_norm_cpu(hidden, residual, weight, 1e-5, norm_dtype)
+        r_ref, normed_ref = add_rms_norm_ref(hidden, residual, weight, 1e-5, norm_dtype)
+        torch.testing.assert_close(r, r_ref, rtol=0, atol=0)
+        assert normed.dtype == norm_dtype
+        torch.testing.assert_close(normed.float(), normed_ref.float(), **(FP32 if norm_dtype == torch.float32 else BF16))
+        if residual is not None:
+            buf = residual.clone()
+            r_in_place, _ = add_rms_norm_cpu(hidden, buf, weight, 1e-5, norm_dtype, res_out=buf)
+            assert r_in_place is buf and torch.equal(buf, r_ref)
+        with pytest.raises(ValueError, match="residual must be fp32"):
+            add_rms_norm_cpu(hidden, torch.zeros(3, 37, 40, dtype=torch.bfloat16), weight, 1e-5, norm_dtype)
+        poisoned = hidden.clone()
+        poisoned[1, 5, 7] = float("nan")  # -ffast-math must not hide it: the whole row goes NaN, as in PyTorch
+        got, want = add_rms_norm_cpu(poisoned, residual, weight, 1e-5, norm_dtype)[1], add_rms_norm_ref(poisoned, residual, weight, 1e-5, norm_dtype)[1]
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want[1, 5]).all()
 
 
 def test_sequence_segments():

@@ -9,7 +9,8 @@ Public API:
   ``causal_conv1d_torch``
 - inference (forward-only, channels-last, both directions of BiMamba-S's mixer):
   ``mixer_weights``, ``bidirectional_conv1d_cpu``, ``bidirectional_scan_cpu`` (``cpu/bidirectional.py``), their
-  references ``bidirectional_conv1d_ref``, ``bidirectional_scan_ref``, and ``sequence_segments``
+  references ``bidirectional_conv1d_ref``, ``bidirectional_scan_ref``, and ``sequence_segments``;
+  the block's residual add + RMSNorm ``add_rms_norm_cpu`` (``cpu/add_norm.py``), ``add_rms_norm_ref``
 
 Importing this package compiles nothing and imports neither mamba_ssm nor causal_conv1d.
 """
@@ -17,7 +18,7 @@ Importing this package compiles nothing and imports neither mamba_ssm nor causal
 from ..errors import BackendUnavailableError
 from .chunked import selective_scan_chunked
 from .conv import causal_conv1d_cpu, causal_conv1d_torch
-from .cpu import MixerWeights, bidirectional_conv1d_cpu, bidirectional_scan_cpu, mixer_weights, selective_scan_cpu
+from .cpu import MixerWeights, add_rms_norm_cpu, bidirectional_conv1d_cpu, bidirectional_scan_cpu, mixer_weights, selective_scan_cpu
 from .interface import (
     GPU_INSTALL_HINT,
     SCAN_BACKENDS,
@@ -29,6 +30,7 @@ from .interface import (
     selective_scan,
 )
 from .naive import (
+    add_rms_norm_ref,
     bidirectional_conv1d_ref,
     bidirectional_scan_ref,
     check_scan_shapes,
@@ -41,6 +43,8 @@ __all__ = [
     "BackendUnavailableError",
     "GPU_INSTALL_HINT",
     "MixerWeights",
+    "add_rms_norm_cpu",
+    "add_rms_norm_ref",
     "bidirectional_conv1d_cpu",
     "bidirectional_conv1d_ref",
     "bidirectional_scan_cpu",

@@ -202,3 +202,14 @@ def bidirectional_scan_ref(
             y += yd if d == 0 else yd.flip(0)
         out[b, s:e] = y * F.silu(z[b, s:e].float())
     return out.to(xc.dtype)
+
+
+def add_rms_norm_ref(
+    hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float, norm_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``cpu.add_rms_norm_cpu``'s contract in PyTorch: r = hidden (+ residual) in fp32, then the
+    RMSNorm of r cast to ``norm_dtype``, computed in fp32, returned in ``norm_dtype``."""
+    r = hidden.float() if residual is None else (hidden + residual).float()
+    x = r.to(norm_dtype).float()
+    out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return r, out.to(norm_dtype)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("scan.c")
-ABI = 6
+ABI = 7
 # -O2 -ftree-vectorize, not -O3: GCC 12 at -O3 makes the backward 4x slower (measured).
 # NaN still propagates under -ffast-math: scan.c tests for it on the bits (see exp_f).
 FLAGS = ["-O2", "-ftree-vectorize", "-ffast-math", "-fPIC", "-shared", "-std=c11", "-fno-strict-aliasing"]
@@ -136,6 +136,14 @@ class MixerArgs(ctypes.Structure):
     ]
 
 
+class NormArgs(ctypes.Structure):
+    """Mirror of ``norm_args`` in scan.c (residual add + RMSNorm at inference)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("d", "hidden_bf16", "norm_bf16")] + [("eps", ctypes.c_double)] + [
+        (name, ctypes.c_void_p) for name in ("hidden", "residual", "weight", "res_out", "normed")
+    ]
+
+
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -165,6 +173,10 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.lcplm_mixer_conv_team.argtypes = [ctypes.POINTER(MixerArgs), i64]
     lib.lcplm_mixer_scan_team.restype = ctypes.c_int
     lib.lcplm_mixer_scan_team.argtypes = [ctypes.POINTER(MixerArgs), i64, ptr, i64]
+    lib.lcplm_add_rmsnorm.restype = ctypes.c_int
+    lib.lcplm_add_rmsnorm.argtypes = [ctypes.POINTER(NormArgs), i64, i64]
+    lib.lcplm_add_rmsnorm_team.restype = ctypes.c_int
+    lib.lcplm_add_rmsnorm_team.argtypes = [ctypes.POINTER(NormArgs), i64, i64]
     return lib
 
 

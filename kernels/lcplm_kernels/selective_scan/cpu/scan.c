@@ -25,6 +25,7 @@
  *   y_l = <h_l, C_l> + Dv u_l         out_l = y_l silu(z_l)
  * Every factor is a decay in [0, 1] for A <= 0, so nothing overflows for any dt.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX512F__)
@@ -910,5 +911,88 @@ int lcplm_mixer_scan_team(const mixer_args *a, int64_t nthreads, float *work, in
     return rc;
 }
 
-/* Version of the entry points, scan_args, conv_args and mixer_args, checked by the loader. */
-int lcplm_scan_abi(void) { return 6; }
+/* ------------------------------------------------------------------------------------
+ * The rest of a BiMamba-S block at inference: residual add and RMSNorm in one pass per row
+ * (the eager PyTorch ops take seven passes and as many temporaries). Per row of d:
+ *   r = hidden (+ residual)                       fp32, written to res_out (may be residual)
+ *   x = r, rounded to bf16 first if norm_bf16     (the training path's residual.to(weight dtype))
+ *   normed = x / sqrt(mean(x^2) + eps) * weight   in bf16 if norm_bf16, else fp32
+ * hidden is fp32 or bf16 (hidden_bf16); residual fp32 or NULL; weight fp32 (d,).
+ * ------------------------------------------------------------------------------------ */
+typedef struct {
+    int64_t d, hidden_bf16, norm_bf16;
+    double eps;
+    const void *hidden;
+    const float *residual, *weight;
+    float *res_out;
+    void *normed;
+} norm_args;
+
+INLINE float round_bf16(float x) {
+    bits32 v;
+    v.f = x;
+    uint32_t u = (uint32_t)v.i;
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    v.i = (int32_t)u;
+    return v.f;
+}
+
+INLINE void add_rmsnorm_row(const norm_args *a, int64_t row, const int hbf16, const int nbf16) {
+    const int64_t d = a->d;
+    const float eps = (float)a->eps;
+    float *restrict r = a->res_out + row * d;
+    const float *restrict res = a->residual ? a->residual + row * d : NULL;
+    const float *restrict w = a->weight;
+    float ss = 0.0f;
+    for (int64_t j = 0; j < d; j++) {
+        float v = hbf16 ? bf16_to_f32(((const uint16_t *)a->hidden)[row * d + j]) : ((const float *)a->hidden)[row * d + j];
+        if (res) v += res[j];
+        r[j] = v;
+        const float x = nbf16 ? round_bf16(v) : v;
+        ss += x * x;
+    }
+    const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+    if (nbf16) {
+        uint16_t *restrict o = (uint16_t *)a->normed + row * d;
+        for (int64_t j = 0; j < d; j++) {
+            bits32 v;
+            v.f = round_bf16(round_bf16(r[j]) * scale * w[j]);
+            o[j] = (uint16_t)((uint32_t)v.i >> 16);
+        }
+    } else {
+        float *restrict o = (float *)a->normed + row * d;
+        for (int64_t j = 0; j < d; j++) o[j] = r[j] * scale * w[j];
+    }
+}
+
+int lcplm_add_rmsnorm(const norm_args *a, int64_t r0, int64_t r1) {
+    if (a->d < 1) return 1;
+    FTZ_BEGIN
+#define ROWS(HB, NB) \
+    for (int64_t row = r0; row < r1; row++) add_rmsnorm_row(a, row, HB, NB)
+    if (a->hidden_bf16 && a->norm_bf16)
+        ROWS(1, 1);
+    else if (a->hidden_bf16)
+        ROWS(1, 0);
+    else if (a->norm_bf16)
+        ROWS(0, 1);
+    else
+        ROWS(0, 0);
+#undef ROWS
+    FTZ_END
+    return 0;
+}
+
+int lcplm_add_rmsnorm_team(const norm_args *a, int64_t rows, int64_t nthreads) {
+    int rc = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : rc)
+    {
+        int64_t r0, r1;
+        team_range(rows, TEAM_ID(), TEAM_SIZE(), &r0, &r1);
+        if (r1 > r0) rc |= lcplm_add_rmsnorm(a, r0, r1);
+    }
+    return rc;
+}
+
+/* Version of the entry points, scan_args, conv_args, mixer_args and norm_args, checked by the loader. */
+int lcplm_scan_abi(void) { return 7; }
