@@ -232,10 +232,13 @@ def load() -> Optional[ctypes.CDLL]:
     """The compiled kernel, building it on first call; None when it cannot be had."""
     with _lock:
         if "lib" not in _state:
+            before = openmp_runtimes()
             _state["lib"], _state["info"] = _build()
             lib = _state["lib"]
-            # one OpenMP runtime after loading: ours is PyTorch's, not a second copy
-            _state["team"] = lib is not None and lib.lcplm_openmp() == 1 and len(openmp_runtimes()) == 1
+            # loading mapped no new libgomp: ``NEEDED libgomp.so.1`` bound to the copy already
+            # running (PyTorch's; other packages' bundled copies carry other SONAMEs), so our
+            # OpenMP team is PyTorch's threads, not a second runtime's
+            _state["team"] = lib is not None and lib.lcplm_openmp() == 1 and bool(before) and openmp_runtimes() == before
         return _state["lib"]
 
 
