@@ -143,7 +143,7 @@ def section_env(rec: Recorder, dry: bool, args) -> None:
     sys.path.insert(0, str(HERE))
     from _env import header
 
-    from lcplm.models import backends
+    from lcplm_kernels.selective_scan import interface as scan_interface
 
     dev = _device(dry)
     rec.summary(header=header(dev), python=platform.python_version(), torch=torch.__version__)
@@ -159,7 +159,7 @@ def section_env(rec: Recorder, dry: bool, args) -> None:
             rec.summary(**{mod: getattr(m, "__version__", "importable")})
         except Exception as e:  # a broken CUDA extension raises more than ImportError
             rec.summary(**{mod: f"not importable: {type(e).__name__}: {str(e)[:160]}"})
-    rec.summary(mamba_scan_kernel=backends.mamba_scan_fn() is not None, causal_conv1d_kernel=backends.causal_conv1d_fn() is not None)
+    rec.summary(mamba_scan_kernel=scan_interface.mamba_scan_fn() is not None, causal_conv1d_kernel=scan_interface.causal_conv1d_fn() is not None)
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(0)
         rec.summary(gpu=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
@@ -404,18 +404,18 @@ def section_mixer(rec: Recorder, dry: bool, args) -> None:
     sys.path.insert(0, str(HERE / "model"))
     from bimamba_vs_lcplm import lcplm_formulation
 
-    from lcplm.models import backends
+    from lcplm_kernels.selective_scan import interface as scan_interface
     from lcplm.models.bimamba import BiMambaConfig, BiMambaMixer, SequenceLayout
 
     dev = _device(dry)
     d_model = 64 if dry else 1536
     lengths = (256,) if dry else (2048, 8192, 32768, 61000)
-    have_mamba = dev.type == "cuda" and backends.mamba_scan_fn() is not None
+    have_mamba = dev.type == "cuda" and scan_interface.mamba_scan_fn() is not None
     backend = "cuda" if have_mamba else ("chunked" if dev.type == "cuda" else "native")
-    if dry and backends.native_scan_unavailable() is not None:
+    if dry and scan_interface.native_scan_unavailable() is not None:
         backend = "chunked"
     rec.summary(d_model=d_model, scan_backend=backend, mamba_ssm=have_mamba,
-                causal_conv1d=dev.type == "cuda" and backends.causal_conv1d_fn() is not None)
+                causal_conv1d=dev.type == "cuda" and scan_interface.causal_conv1d_fn() is not None)
     torch.manual_seed(0)
     cfg = BiMambaConfig(d_model=d_model, n_layer=48, scan_backend=backend)
     mixer = BiMambaMixer(cfg).to(dev)

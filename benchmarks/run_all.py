@@ -19,6 +19,7 @@ SCRIPTS = [
     HERE / "data" / "walks.py",
     HERE / "model" / "scan_cpu.py",
     HERE / "model" / "bimamba_vs_lcplm.py",
+    HERE / "model" / "embed_vs_esm2.py",
     HERE / "model" / "context_length.py",
     HERE / "model" / "genome_memory.py",
     HERE / "model" / "variants_speed.py",

@@ -1,7 +1,8 @@
 """Command line: ``lcplm COMMAND ...`` (or ``python -m lcplm``), the commands listed in :data:`COMMANDS`.
 
 Each command lives in its own module and exposes ``main(argv) -> int``. A
-:class:`~lcplm.errors.UserError` becomes one line on stderr and exit status 2.
+:class:`~lcplm.errors.UserError`, or lcplm_kernels' ``BackendUnavailableError`` (a kernel
+backend asked for by name that cannot run here), becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lcplm.errors import UserError
+from lcplm.errors import USER_ERRORS
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("lcplm.train.run:main", "train a model (stage 1 MLM, stage 2 graph, genome)"),
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     module, _, func = COMMANDS[cmd][0].partition(":")
     try:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
-    except UserError as e:
+    except USER_ERRORS as e:
         print(f"lcplm {cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from lcplm.models import backends
+from lcplm_kernels import selective_scan as scan_ops
 from lcplm.models.bimamba import BiMambaConfig, BiMambaMixer, SequenceLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
@@ -66,13 +66,13 @@ def _elementwise_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 
 
 def count_flops(fn, mixer, h, layout) -> int:
-    real_scan = backends.selective_scan
-    backends.selective_scan = _elementwise_scan
+    real_scan = scan_ops.selective_scan  # the model calls it through the package
+    scan_ops.selective_scan = _elementwise_scan
     try:
         with FlopCounterMode(display=False) as counter:
             fn(mixer, h, layout).sum().backward()
     finally:
-        backends.selective_scan = real_scan
+        scan_ops.selective_scan = real_scan
     return counter.get_total_flops()
 
 
@@ -110,8 +110,8 @@ def gpu_main(lengths: list[int], repeats: int) -> None:
     if not torch.cuda.is_available():
         print("  no CUDA GPU: skipped")
         return
-    if backends.mamba_scan_fn() is None:
-        print(f"  mamba-ssm not importable: skipped ({backends.GPU_INSTALL_HINT})")
+    if scan_ops.mamba_scan_fn() is None:
+        print(f"  mamba-ssm not importable: skipped ({scan_ops.GPU_INSTALL_HINT})")
         return
     from mamba_ssm.modules.mamba_simple import Mamba
 

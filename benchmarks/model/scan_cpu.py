@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/model/scan_cpu.py memory [--lengths 4000 16000 32000 61000]
 
 ``scan`` (default): fwd and fwd+bwd time of the fused C scan (``native``,
-``lcplm_kernels.selective_scan_cpu``, the CPU default), the pure-PyTorch
+``lcplm_kernels.selective_scan.cpu``, the CPU default), the pure-PyTorch
 ``selective_scan_chunked`` (the fallback without a C compiler) and ``selective_scan_ref``, at
 the issue's shape (batch 4, d_inner 256, d_state 16, L 4096, fp32, z, D, delta_bias,
 softplus) and at a small-state shape (one sequence through a d_model-64 layer: batch 1,
@@ -33,9 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lcplm.models.ssm import selective_scan_chunked, selective_scan_ref
-from lcplm_kernels import selective_scan_cpu as cpu_scan
-from lcplm_kernels.selective_scan_cpu import selective_scan_cpu
+from lcplm_kernels.selective_scan import cpu as cpu_scan
+from lcplm_kernels.selective_scan import selective_scan_chunked, selective_scan_cpu, selective_scan_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared header
 from _env import header  # noqa: E402

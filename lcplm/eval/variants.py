@@ -270,14 +270,14 @@ def site_jobs(source: int, inp: ModelInput, residue_indices: Sequence[int], mask
 
 def dense_row_cap(model: nn.Module, length: int, device: torch.device) -> Optional[int]:
     """Rows per batch that keep a genome transformer with ``attention_backend: auto`` on CPU
-    below the size where ``lcplm.models.backends`` leaves SDPA for the block-sparse path
+    below the size where ``lcplm.models.attention`` leaves SDPA for the block-sparse path
     (B x heads x L x L fp32 scores over ``DENSE_CPU_MAX_SCORES``): that switch depends on the
     batch size, and a scoring batch of short rows would cross it and run several times slower
     (measured in benchmarks/model/variants_speed.py). None: no cap."""
     cfg = getattr(model, "cfg", None)
     if device.type != "cpu" or getattr(cfg, "name", None) != "sparse_transformer" or cfg.attention_backend != "auto":
         return None
-    from lcplm.models.backends import DENSE_CPU_MAX_SCORES
+    from lcplm.models.attention import DENSE_CPU_MAX_SCORES
 
     return max(1, DENSE_CPU_MAX_SCORES // (cfg.heads * length * length))
 

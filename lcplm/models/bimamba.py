@@ -26,14 +26,19 @@ start, and everything else is per token. Hidden states at padding positions are 
 On CUDA with mamba-ssm (``scan_backend`` auto or cuda), padded batches run the kernels
 directly: after the per-sequence reversal the padding still sits after every sequence, so
 the causal conv and scan never carry it into real positions. Packed batches are unpacked
-into a right-padded batch for the scan kernel and packed back (``backends.selective_scan``),
+into a right-padded batch for the scan kernel and packed back (``lcplm_kernels.selective_scan``),
 and their conv runs in PyTorch with per-sequence masking.
+
+Without gradients on CPU (``scan_backend`` auto or native), each mixer takes the forward-only
+inference route of :mod:`lcplm.models.bimamba_inference` instead: same outputs within fp32
+rounding, no transposes or flips, nothing kept for a backward (``bimamba_inference.disabled()``
+forces the path above, to compare them).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -42,7 +47,8 @@ from torch import Tensor, nn
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import backends
+from lcplm.models import bimamba_inference
+from lcplm_kernels import selective_scan as ssm_ops
 
 
 @dataclass
@@ -66,7 +72,7 @@ class BiMambaConfig:
     vocab_size: int = tokenizer.PADDED_VOCAB_SIZE  # embedding / LM-head rows
     norm_eps: float = 1e-5  # RMSNorm epsilon
     residual_in_fp32: bool = True  # keep the residual stream in fp32 under bf16 autocast
-    scan_backend: str = "auto"  # auto | native | chunked | reference | cuda (lcplm.models.backends)
+    scan_backend: str = "auto"  # auto | native | chunked | reference | cuda (lcplm_kernels.selective_scan)
     chunk_size: int = 0  # chunked scan: steps per chunk; 0 = picked from the state size
     tie_embeddings: bool = False  # LM head shares the embedding matrix (LC-PLM unties them)
     initializer_range: float = 0.02  # std of the embedding initialisation
@@ -84,8 +90,8 @@ class BiMambaConfig:
             raise UserError(f"model.norm_eps must be > 0, got {self.norm_eps}")
         if self.vocab_size < tokenizer.VOCAB_SIZE:
             raise UserError(f"model.vocab_size must be >= {tokenizer.VOCAB_SIZE} (the tokenizer), got {self.vocab_size}")
-        if self.scan_backend not in backends.SCAN_BACKENDS:
-            raise UserError(f"model.scan_backend must be one of {list(backends.SCAN_BACKENDS)}, got {self.scan_backend!r}")
+        if self.scan_backend not in ssm_ops.SCAN_BACKENDS:
+            raise UserError(f"model.scan_backend must be one of {list(ssm_ops.SCAN_BACKENDS)}, got {self.scan_backend!r}")
 
     @property
     def d_inner(self) -> int:
@@ -104,12 +110,16 @@ class SequenceLayout:
     within its own extent (an involution; padding stays put), None for a plain flip.
     positions: (L,) long, each token's index within its own sequence (packed batches only).
     cu_seqlens: (n+1,) int32 (packed batches only). valid: (B, L) bool (padded batches only).
+    The inference route adds, on first use, the sequences as (batch row, start, end) segments
+    and buffers its layers share (:meth:`segments`, :meth:`workspace`).
     """
 
     rev_index: Optional[Tensor] = None
     positions: Optional[Tensor] = None
     cu_seqlens: Optional[Tensor] = None
     valid: Optional[Tensor] = None
+    _segments: Optional[Tensor] = None
+    _workspace: dict = field(default_factory=dict)
 
     @staticmethod
     def build(input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> "SequenceLayout":
@@ -138,6 +148,22 @@ class SequenceLayout:
             rev = torch.where(valid, lengths[:, None] - 1 - t[None, :], t[None, :])
             return SequenceLayout(rev_index=rev, valid=valid)
         return SequenceLayout()
+
+    def segments(self, batch: int, length: int) -> Tensor:
+        """(S, 3) int64 CPU rows (batch row, start, end) of the sequences, for the inference route;
+        computed on first use (it reads the lengths back to the host) and kept for every layer."""
+        if self._segments is None:
+            lengths = None if self.valid is None else self.valid.sum(1)
+            self._segments = ssm_ops.sequence_segments(batch, length, lengths, self.cu_seqlens)
+        return self._segments
+
+    def workspace(self, name: str, shape: tuple, dtype: torch.dtype, zeroed: bool) -> Tensor:
+        """A buffer the inference route reuses in every layer of this forward (zeros if asked:
+        where padding rows must stay zero; the kernels never write them)."""
+        buf = self._workspace.get(name)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = self._workspace[name] = (torch.zeros if zeroed else torch.empty)(shape, dtype=dtype)
+        return buf
 
     def reverse(self, x: Tensor) -> Tensor:
         """x: (B, E, L) with every sequence reversed within its own extent."""
@@ -192,11 +218,11 @@ class SSMDirection(nn.Module):
 
     def forward(self, x: Tensor, layout: SequenceLayout, backend: str, chunk_size: Optional[int]) -> Tensor:
         """x: (B, E, L) -> scan output y (B, E, L), D skip included, not gated."""
-        x = backends.causal_conv1d(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, positions=layout.positions, backend=backend)
+        x = ssm_ops.causal_conv1d(x, self.conv1d.weight[:, 0, :], self.conv1d.bias, positions=layout.positions, backend=backend)
         dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, E, L); bias goes in as delta_bias
-        return backends.selective_scan(
+        return ssm_ops.selective_scan(
             x,
             delta,
             -torch.exp(self.A_log.float()),
@@ -246,6 +272,8 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, h: Tensor, layout: SequenceLayout) -> Tensor:
         """h: (B, L, d) -> (B, L, d)."""
+        if bimamba_inference.applies(self, h):  # no autograd, CPU: the fused forward-only route
+            return bimamba_inference.mixer_forward(self, h, layout)
         x, z = self.in_proj(h).chunk(2, dim=-1)
         x = x.transpose(1, 2)  # (B, E, L)
         y_fwd = self.fwd(x, layout, self.backend, self.chunk_size)
@@ -271,6 +299,8 @@ class BiMambaBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], layout: SequenceLayout) -> tuple[Tensor, Tensor]:
         """hidden, residual: (B, L, d) -> (mixer output, updated residual)."""
+        if bimamba_inference.block_applies(self, hidden, residual):  # no autograd, CPU
+            return bimamba_inference.block_forward(self, hidden, residual, layout)
         residual = hidden if residual is None else hidden + residual
         hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), layout)
         if self.residual_in_fp32:

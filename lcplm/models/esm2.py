@@ -7,7 +7,7 @@ counted as ESM does); pre-LayerNorm layers with rotary self-attention (q/k/v/out
 and an erf-GELU FFN; a final LayerNorm; ESM-2's LM head (dense -> GELU -> LayerNorm -> decoder
 tied to the embedding + bias). It is built from the genome model's pieces
 (:class:`~lcplm.models.sparse_transformer.ESM2StyleLM`: the same blocks, the same attention
-dispatch in ``lcplm.models.backends``), so there is one attention implementation: a batch
+dispatch in ``lcplm.models.attention``), so there is one attention implementation: a batch
 becomes a protein index ``pid`` per token and an identity protein-pair matrix ``allowed``, and
 no token attends across proteins or to padding.
 
@@ -52,7 +52,7 @@ class ESM2Config:
     layer_norm_eps: float = 1e-5  # LayerNorm epsilon (ESM-2)
     dropout: float = 0.0  # on the attention and FFN residual branches (ESM-2: 0)
     rotary_base: float = 10000.0  # rotary frequency base (ESM-2; Hugging Face fixes it at 10000)
-    attention_backend: str = "auto"  # auto | kernel | flex | dense | reference (lcplm.models.backends)
+    attention_backend: str = "auto"  # auto | kernel | flex | dense | reference (lcplm.models.attention)
     init_std: float = 0.02  # normal init of linear and embedding weights
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ single-protein arm free of any coupling between proteins.
 
 Attention from token i to token j is allowed iff ``pid[i] >= 0``, ``pid[j] >= 0`` and
 ``allowed[b, pid[i], pid[j]]``; the block layout is built once per batch and shared by all
-layers and heads (``lcplm.models.backends``); nothing of size L x L is formed by the
+layers and heads (``lcplm.models.attention``); nothing of size L x L is formed by the
 ``kernel`` backend (``auto`` picks it on CUDA, and on CPU once L x L scores stop being small). Rotary positions are token offsets inside the whole window
 (``positions="genome"``) or inside each protein (``"protein"``); rotary scores depend only on
 i - j, so attention inside a protein is the same either way and equals ESM-2 on that protein
@@ -38,7 +38,7 @@ from torch import nn
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import backends
+from lcplm.models import attention
 
 ESM_MASK_RATIO_TRAIN = 0.15 * 0.8  # the <mask> share ESM-2 was trained with (token dropout)
 
@@ -145,7 +145,7 @@ class SparseTransformerBlock(nn.Module):
         scale = self.head_dim**-0.5
         if mass is not None:
             mass.append(protein_pair_mass(q, k, layout.pid, layout.allowed, scale))
-        o = backends.sparse_attention(q, k, v, layout, scale=scale)
+        o = attention.sparse_attention(q, k, v, layout, scale=scale)
         x = x + self.drop(self.out(o.transpose(1, 2).reshape(B, L, d)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
 
@@ -155,7 +155,7 @@ class ESM2StyleLM(nn.Module):
 
     Embedding with ESM-2's token dropout (per protein), pre-LN rotary layers
     (:class:`SparseTransformerBlock`) under a protein-pair pattern (``pid``, ``allowed``,
-    through ``lcplm.models.backends``), final LayerNorm, ESM-2's LM head. Subclasses map their
+    through ``lcplm.models.attention``), final LayerNorm, ESM-2's LM head. Subclasses map their
     own inputs onto ``pid`` (B, L), ``allowed`` (B, P, P) and rotary ``positions`` ((L,) or
     (B, L)) and call :meth:`_hidden`: :class:`SparseGenomeLM` (genome windows under a pair
     source) and :class:`lcplm.models.esm2.ESM2LM` (one protein per row, or packed). Both
@@ -172,9 +172,9 @@ class ESM2StyleLM(nn.Module):
         super().__init__()
         if cfg.hidden % cfg.heads or (cfg.hidden // cfg.heads) % 2:
             raise UserError(f"model: hidden ({cfg.hidden}) must split into {cfg.heads} heads of even size")
-        if cfg.attention_backend not in backends.SPARSE_ATTENTION_BACKENDS:
+        if cfg.attention_backend not in attention.SPARSE_ATTENTION_BACKENDS:
             raise UserError(
-                f"model.attention_backend must be one of {list(backends.SPARSE_ATTENTION_BACKENDS)}, "
+                f"model.attention_backend must be one of {list(attention.SPARSE_ATTENTION_BACKENDS)}, "
                 f"got {cfg.attention_backend!r}"
             )
         if cfg.vocab_size < min_vocab:
@@ -232,7 +232,7 @@ class ESM2StyleLM(nn.Module):
         layer's :func:`protein_pair_mass` when given."""
         x = self._embed(input_ids, pid, allowed.shape[-1])
         cos, sin = rotary_tables(positions, self.cfg.hidden // self.cfg.heads, self.cfg.rotary_base, x.dtype)
-        layout = backends.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
+        layout = attention.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
         for layer in self.layers:
             x = layer(x, cos, sin, layout, mass)
         return self.final_norm(x)

@@ -1,6 +1,7 @@
-"""The fused C selective scan (lcplm_kernels.selective_scan_cpu) against the sequential reference.
+"""The fused C selective scan (lcplm_kernels.selective_scan.cpu) against the sequential reference,
+and the library's build (compile on first use, cache, fallbacks).
 
-Same tolerances as tests/models/test_ssm.py (mamba-ssm's fp32 ones), plus the fp64-oracle
+Same tolerances as test_selective_scan_chunked.py (mamba-ssm's fp32 ones), plus the fp64-oracle
 rule: the kernel's error is at most twice the fp32 reference's. The kernel compiles on first
 use; without a C compiler these tests skip, unless LCPLM_REQUIRE_NATIVE_SCAN=1 (set by
 .ci/run), where a missing kernel is a failure.
@@ -14,9 +15,9 @@ import warnings
 import pytest
 import torch
 
-from lcplm.errors import UserError
-from lcplm.models import backends, ssm
-from lcplm_kernels.selective_scan_cpu import build, interface, selective_scan_cpu
+from lcplm_kernels import BackendUnavailableError
+from lcplm_kernels.selective_scan import interface, naive
+from lcplm_kernels.selective_scan.cpu import build, scan, selective_scan_cpu
 from scan_cases import ATOLW, NAMES, RTOLW, assert_close_all, assert_error_at_most_twice_the_references, make_inputs, run
 
 
@@ -37,7 +38,7 @@ def kernel(request):
 
 def native(**kw):
     """The kernel through the public dispatch, with cu_seqlens turned into keep."""
-    return backends.selective_scan(**kw, backend="native")
+    return interface.selective_scan(**kw, backend="native")
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def test_matches_reference_with_all_gradients(batch, dim, nstate, length, softpl
     g = torch.Generator().manual_seed(1)
     gout = torch.randn(batch, dim, length, generator=g)
     glast = torch.randn(batch, dim, nstate, generator=g)
-    ref = run(ssm.selective_scan_ref, x, gout, glast, delta_softplus=softplus)
+    ref = run(naive.selective_scan_ref, x, gout, glast, delta_softplus=softplus)
     assert_close_all(run(native, x, gout, glast, delta_softplus=softplus), ref)
 
 
@@ -64,7 +65,7 @@ def test_chunk_sizes(chunk_size):
     def fn(**kw):
         return selective_scan_cpu(**kw, chunk_size=chunk_size)
 
-    assert_close_all(run(fn, x, gout, glast, delta_softplus=True), run(ssm.selective_scan_ref, x, gout, glast, delta_softplus=True))
+    assert_close_all(run(fn, x, gout, glast, delta_softplus=True), run(naive.selective_scan_ref, x, gout, glast, delta_softplus=True))
 
 
 @pytest.mark.parametrize(
@@ -75,11 +76,11 @@ def test_optional_inputs(has_D, has_z, has_bias):
     x = make_inputs(2, 6, 16, 63, has_D=has_D, has_z=has_z, has_bias=has_bias)
     gout = torch.randn(2, 6, 63, generator=torch.Generator().manual_seed(2))
     for softplus in (True, False):
-        assert_close_all(run(native, x, gout, delta_softplus=softplus), run(ssm.selective_scan_ref, x, gout, delta_softplus=softplus))
+        assert_close_all(run(native, x, gout, delta_softplus=softplus), run(naive.selective_scan_ref, x, gout, delta_softplus=softplus))
 
 
 def test_error_against_fp64_oracle_is_at_most_twice_the_references():
-    assert_error_at_most_twice_the_references(native, ssm.selective_scan_ref)
+    assert_error_at_most_twice_the_references(native, naive.selective_scan_ref)
 
 
 def test_softplus_over_the_whole_range():
@@ -90,7 +91,7 @@ def test_softplus_over_the_whole_range():
     x["delta_bias"] = torch.zeros(4)
     x["A"] = -0.05 * torch.rand(4, 16, generator=torch.Generator().manual_seed(12))  # keep dt A in range
     gout = torch.randn(1, 4, 240, generator=torch.Generator().manual_seed(13))
-    assert_close_all(run(native, x, gout, delta_softplus=True), run(ssm.selective_scan_ref, x, gout, delta_softplus=True))
+    assert_close_all(run(native, x, gout, delta_softplus=True), run(naive.selective_scan_ref, x, gout, delta_softplus=True))
 
 
 def test_large_decays_stay_finite_and_exact():
@@ -100,7 +101,7 @@ def test_large_decays_stay_finite_and_exact():
     gout = torch.randn(1, 4, 200, generator=torch.Generator().manual_seed(6))
     got = run(native, x, gout, delta_softplus=False)
     assert torch.isfinite(got[0]).all() and all(torch.isfinite(v).all() for v in got[2].values())
-    assert_close_all(got, run(ssm.selective_scan_ref, x, gout, delta_softplus=False))
+    assert_close_all(got, run(naive.selective_scan_ref, x, gout, delta_softplus=False))
 
 
 def test_tiny_decays_carry_state_across_many_chunks():
@@ -111,7 +112,7 @@ def test_tiny_decays_carry_state_across_many_chunks():
     def fn(**kw):
         return selective_scan_cpu(**kw, chunk_size=16)
 
-    assert_close_all(run(fn, x, gout), run(ssm.selective_scan_ref, x, gout))
+    assert_close_all(run(fn, x, gout), run(naive.selective_scan_ref, x, gout))
 
 
 def test_packed_segments_equal_separate_scans():
@@ -121,7 +122,7 @@ def test_packed_segments_equal_separate_scans():
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
     gout = torch.randn(1, 4, total, generator=torch.Generator().manual_seed(9))
     got = run(native, x, gout, delta_softplus=True, cu_seqlens=cu)
-    assert_close_all(got, run(ssm.selective_scan_ref, x, gout, delta_softplus=True, cu_seqlens=cu))
+    assert_close_all(got, run(naive.selective_scan_ref, x, gout, delta_softplus=True, cu_seqlens=cu))
     dA = torch.zeros_like(x["A"])
     for i, n in enumerate(lengths):
         if n == 0:
@@ -180,11 +181,11 @@ def test_nan_input_propagates(name):
         t[1] = float("nan")
     for softplus in (True, False):
         got = native(**x, delta_softplus=softplus)
-        ref = ssm.selective_scan_ref(**x, delta_softplus=softplus)
+        ref = naive.selective_scan_ref(**x, delta_softplus=softplus)
         assert torch.equal(torch.isnan(got), torch.isnan(ref)), (softplus, torch.isnan(got).sum(), torch.isnan(ref).sum())
         assert torch.isnan(ref).any()
         # and the backward: every gradient the reference makes NaN is NaN somewhere here too
-        g_got, g_ref = run(native, x, delta_softplus=softplus)[2], run(ssm.selective_scan_ref, x, delta_softplus=softplus)[2]
+        g_got, g_ref = run(native, x, delta_softplus=softplus)[2], run(naive.selective_scan_ref, x, delta_softplus=softplus)[2]
         for k in g_ref:
             assert bool(torch.isnan(g_got[k]).any()) == bool(torch.isnan(g_ref[k]).any()), (softplus, k)
 
@@ -201,7 +202,7 @@ def test_saved_memory_is_linear():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         selective_scan_cpu(**x, delta_softplus=True)
     inputs = sum(v.numel() * v.element_size() for v in x.values())
-    states = -(-length // interface.DEFAULT_CHUNK) * batch * dim * nstate * 4
+    states = -(-length // scan.DEFAULT_CHUNK) * batch * dim * nstate * 4
     pre_gate = batch * dim * length * 4  # y before the silu(z) gate, for dz
     assert sum(saved.values()) <= inputs + states + pre_gate
     assert max(saved.values()) < batch * dim * nstate * length * 4 / 8
@@ -214,7 +215,7 @@ def test_bf16_inputs_compute_in_fp32():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert all(leaves[k].grad.dtype == torch.bfloat16 for k in leaves)
-    torch.testing.assert_close(out.float(), ssm.selective_scan_ref(**x, delta_softplus=True).float(), rtol=3e-2, atol=5e-2)
+    torch.testing.assert_close(out.float(), naive.selective_scan_ref(**x, delta_softplus=True).float(), rtol=3e-2, atol=5e-2)
 
 
 def test_non_contiguous_inputs():
@@ -222,7 +223,7 @@ def test_non_contiguous_inputs():
     x["u"] = x["u"].transpose(1, 2).contiguous().transpose(1, 2)  # (B, D, L) view of (B, L, D)
     x["B"] = torch.randn(2, 40, 16).transpose(1, 2)
     gout = torch.randn(2, 4, 40)
-    assert_close_all(run(native, x, gout, delta_softplus=True), run(ssm.selective_scan_ref, x, gout, delta_softplus=True))
+    assert_close_all(run(native, x, gout, delta_softplus=True), run(naive.selective_scan_ref, x, gout, delta_softplus=True))
 
 
 def test_empty_and_bad_inputs():
@@ -235,10 +236,10 @@ def test_empty_and_bad_inputs():
 
 
 def test_auto_picks_native_on_cpu_but_not_for_fp64():
-    assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "native"
-    assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float64) == "chunked"
-    with pytest.raises(UserError, match="CPU kernel"):
-        backends.resolve_scan_backend("native", torch.device("cuda"))
+    assert interface.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "native"
+    assert interface.resolve_scan_backend("auto", torch.device("cpu"), torch.float64) == "chunked"
+    with pytest.raises(BackendUnavailableError, match="CPU kernel"):
+        interface.resolve_scan_backend("native", torch.device("cuda"))
 
 
 # ------------------------------------------------------------------------------- build
@@ -259,14 +260,14 @@ def test_missing_compiler_falls_back_with_a_reason(fresh_build, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert build.load() is None
     assert "no C compiler" in build.unavailable_reason()
-    monkeypatch.setattr(backends, "_fallback_warned", [])
+    monkeypatch.setattr(interface, "_fallback_warned", [])
     with pytest.warns(RuntimeWarning, match="native CPU scan is unavailable .no C compiler"):
-        assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
+        assert interface.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once per process, not at every layer
-        assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
-    with pytest.raises(UserError, match="'native' is unavailable: no C compiler"):
-        backends.resolve_scan_backend("native", torch.device("cpu"))
+        assert interface.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
+    with pytest.raises(BackendUnavailableError, match="'native' is unavailable: no C compiler"):
+        interface.resolve_scan_backend("native", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="unavailable"):
         selective_scan_cpu(**make_inputs(1, 2, 4, 3))
 
@@ -280,10 +281,10 @@ def test_failing_compiler_and_switch_off(fresh_build, monkeypatch):
     monkeypatch.delenv("CC")
     monkeypatch.setenv("LCPLM_CPU_SCAN", "0")
     assert build.load() is None and "LCPLM_CPU_SCAN=0" in build.unavailable_reason()
-    monkeypatch.setattr(backends, "_fallback_warned", [])
+    monkeypatch.setattr(interface, "_fallback_warned", [])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # switched off on purpose: no warning
-        assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
+        assert interface.resolve_scan_backend("auto", torch.device("cpu"), torch.float32) == "chunked"
 
 
 def test_cache_is_keyed_by_cpu_features(fresh_build, monkeypatch):
@@ -309,78 +310,7 @@ def test_cc_may_carry_flags(fresh_build, monkeypatch):
     assert build.load() is not None, build.unavailable_reason()
     assert len(list(fresh_build.glob("*.so"))) == 1
     x = make_inputs(1, 3, 16, 20)
-    torch.testing.assert_close(selective_scan_cpu(**x), ssm.selective_scan_ref(**x), rtol=6e-4, atol=2e-3)
-
-
-# ------------------------------------------------------------------------ causal conv
-
-
-def _conv_case(batch, dim, length, k, pos_kind, bias, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, dim, length, generator=g)
-    w = torch.randn(dim, k, generator=g)
-    b = torch.randn(dim, generator=g) if bias else None
-    pos = None
-    if pos_kind == "L":  # packed: segments [0, 7), [7, L)
-        pos = torch.cat([torch.arange(min(7, length)), torch.arange(max(0, length - 7))])
-    elif pos_kind == "BL":
-        pos = torch.stack([torch.arange(length)] + [torch.cat([torch.arange(min(5, length)), torch.arange(max(0, length - 5))])] * (batch - 1))
-    return x, w, b, pos
-
-
-def _conv_run(fn, x, w, b, pos, silu, gout):
-    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, b)]
-    out = fn(*leaves, pos, silu)
-    (out * gout).sum().backward()
-    return [out.detach()] + [t.grad for t in leaves if t is not None]
-
-
-@pytest.mark.parametrize(
-    "batch,dim,length,k,pos_kind,bias",
-    [(2, 5, 63, 4, None, True), (1, 3, 1, 4, None, True), (2, 4, 30, 3, "L", False), (3, 4, 30, 4, "BL", True),
-     (1, 6, 3, 5, None, True), (1, 6, 40, 2, "L", True), (2, 3, 1000, 4, "L", True)],
-)
-@pytest.mark.parametrize("silu", [True, False])
-def test_causal_conv_matches_pytorch(batch, dim, length, k, pos_kind, bias, silu):
-    from lcplm_kernels.selective_scan_cpu import causal_conv1d_cpu
-
-    x, w, b, pos = _conv_case(batch, dim, length, k, pos_kind, bias)
-    gout = torch.randn(batch, dim, length, generator=torch.Generator().manual_seed(1))
-    got = _conv_run(causal_conv1d_cpu, x, w, b, pos, silu, gout)
-    ref = _conv_run(backends._CausalConv.apply, x, w, b, pos, silu, gout)
-    for name, p, q in zip(("out", "dx", "dw", "dbias"), got, ref):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
-
-
-def test_causal_conv_dispatch_threads_and_unwritten_buffers(monkeypatch):
-    from lcplm_kernels.selective_scan_cpu import causal_conv1d_cpu
-
-    x, w, b, pos = _conv_case(2, 7, 50, 4, "BL", True, seed=3)
-    gout = torch.randn(2, 7, 50, generator=torch.Generator().manual_seed(4))
-    ref = _conv_run(backends._CausalConv.apply, x, w, b, pos, True, gout)
-    # backends.causal_conv1d: auto and native take the C conv on CPU, chunked keeps PyTorch's
-    calls = []
-    real = backends._cpu_scan_module().causal_conv1d_cpu
-    monkeypatch.setattr(backends._cpu_scan_module(), "causal_conv1d_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for backend in ("auto", "native", "chunked"):
-        out = backends.causal_conv1d(x, w, b, positions=pos, backend=backend)
-        torch.testing.assert_close(out, ref[0], rtol=1e-5, atol=1e-5)
-    assert len(calls) == 2
-    monkeypatch.undo()
-    before = torch.get_num_threads()
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: real_empty_like(*a, **k).fill_(float("nan")))
-    try:
-        for threads in (1, 3):
-            torch.set_num_threads(threads)
-            got = _conv_run(causal_conv1d_cpu, x, w, b, pos, True, gout)
-            for p, q in zip(got, ref):
-                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(ValueError, match="positions"):
-        causal_conv1d_cpu(x, w, b, torch.arange(49))
+    torch.testing.assert_close(selective_scan_cpu(**x), naive.selective_scan_ref(**x), rtol=6e-4, atol=2e-3)
 
 
 def test_unwritable_cache_falls_back_to_the_temp_dir(fresh_build, monkeypatch, tmp_path):

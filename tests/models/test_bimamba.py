@@ -12,7 +12,8 @@ import torch
 from lcplm.config import load_config
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models import backends, build_model
+from lcplm.models import bimamba_inference, build_model
+from lcplm_kernels.selective_scan import interface
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM, SequenceLayout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,12 +55,13 @@ def test_padding_invariance_both_directions():
 
 def test_flipping_the_padded_tensor_would_leak(monkeypatch):
     """Sensitivity check: with LC-PLM's flip of the whole padded tensor, a short sequence next to
-    a longer one changes; only the per-sequence reversal keeps it equal to itself alone."""
+    a longer one changes; only the per-sequence reversal keeps it equal to itself alone. (The
+    training path's reversal; the inference route's own check is in test_bimamba_inference.py.)"""
     model = tiny()
     seqs = random_ids([20, 100])
     ids, lengths = padded(seqs)
     monkeypatch.setattr(SequenceLayout, "reverse", lambda self, x: x.flip(-1))
-    with torch.no_grad():
+    with torch.no_grad(), bimamba_inference.disabled():
         leaked = model(ids, lengths=lengths)[0, :20]
         alone = model(seqs[0][None])[0]
     assert (leaked - alone).abs().max() > 1e-2
@@ -119,7 +121,7 @@ def test_padding_positions_are_zero_and_shapes():
 
 @pytest.mark.parametrize("backend", ["reference", "chunked", "native", "auto"])
 def test_scan_backends_agree(backend):
-    if backend == "native" and (reason := backends.native_scan_unavailable()) is not None:
+    if backend == "native" and (reason := interface.native_scan_unavailable()) is not None:
         pytest.skip(f"native CPU scan unavailable: {reason}")
     seqs = random_ids([33, 12], seed=3)
     ids, lengths = padded(seqs)

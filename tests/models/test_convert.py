@@ -24,7 +24,7 @@ from lcplm.errors import UserError
 from lcplm.models import convert
 from lcplm.models.io import from_pretrained
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
-from lcplm.models.ssm import selective_scan_ref
+from lcplm_kernels.selective_scan import selective_scan_ref
 
 D_MODEL, N_LAYER, D_STATE = 16, 2, 4
 

@@ -17,7 +17,7 @@ from lcplm.data import tokenizer
 from lcplm.data.genomes import Genome, GenomeProtein, genome_windows
 from lcplm.data.pair_sources import window_allowed
 from lcplm.errors import UserError
-from lcplm.models import backends
+from lcplm.models import attention
 from lcplm.models.sparse_transformer import (
     SparseGenomeLM,
     SparseTransformerConfig,
@@ -202,7 +202,7 @@ def test_esm2_conversion_from_directory_and_refusals(tmp_path):
 
 @pytest.mark.parametrize("L", [1, 63, 1000])
 def test_attention_backends_agree_op_level(L):
-    """backends.sparse_attention: kernel and dense vs the naive fp32 reference, forward and grads."""
+    """attention.sparse_attention: kernel and dense vs the naive fp32 reference, forward and grads."""
     torch.manual_seed(L)
     B, H, D = 2, 2, 16
     sizes = [min(L, s) for s in (L // 3 or 1, L // 2 or 1, L)]
@@ -214,8 +214,8 @@ def test_attention_backends_agree_op_level(L):
     q, k, v = (torch.randn(B, H, L, D, requires_grad=True) for _ in range(3))
     res = {}
     for backend in ("reference", "kernel", "dense"):
-        layout = backends.sparse_attention_layout(pid, allowed, backend=backend)
-        out = backends.sparse_attention(q, k, v, layout, scale=D**-0.5)
+        layout = attention.sparse_attention_layout(pid, allowed, backend=backend)
+        out = attention.sparse_attention(q, k, v, layout, scale=D**-0.5)
         grads = torch.autograd.grad((out * torch.linspace(-1, 1, D)).sum(), (q, k, v))
         res[backend] = (out.detach(), grads)
     assert (res["reference"][0][1, :, sizes[1]:] == 0).all()  # padding queries: zeros
@@ -249,9 +249,9 @@ def test_backends_agree_whole_model(lens):
 def test_auto_backend_dispatch():
     pid = torch.zeros(2, 1000, dtype=torch.long)
     allowed = torch.ones(2, 1, 1, dtype=torch.bool)
-    assert backends.sparse_attention_layout(pid, allowed, "auto", num_heads=4).backend == "dense"
+    assert attention.sparse_attention_layout(pid, allowed, "auto", num_heads=4).backend == "dense"
     big = torch.zeros(1, 3000, dtype=torch.long)
-    layout = backends.sparse_attention_layout(big, allowed[:1], "auto", num_heads=4)
+    layout = attention.sparse_attention_layout(big, allowed[:1], "auto", num_heads=4)
     assert layout.backend == "kernel" and layout.blocks is not None  # 36M scores: past the CPU dense limit
 
 
@@ -341,7 +341,7 @@ def test_protein_pair_mass_matches_full_attention():
     allowed |= torch.eye(P, dtype=torch.bool)
     allowed |= allowed.transpose(1, 2).clone()
     allowed[1, 2:] = allowed[1, :, 2:] = False
-    mask = backends.pair_mask(pid, allowed)
+    mask = attention.pair_mask(pid, allowed)
     a = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~mask[:, None], float("-inf")), -1).nan_to_num(0)
     want = torch.zeros(B, P, P)
     for b in range(B):

@@ -1,4 +1,4 @@
-"""Selective scan: the chunked scan (and the backend dispatch) against the sequential reference.
+"""The chunked PyTorch selective scan (lcplm_kernels.selective_scan.chunked) against the sequential reference.
 
 Tolerances are mamba-ssm's fp32 ones (tests/ops/test_selective_scan.py): outputs rtol 6e-4,
 atol 2e-3; du x2, ddelta rtol x5 / atol x10, dA (rtol 1e-3, atol 1e-2), dB and dC as the
@@ -12,8 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcplm.errors import UserError
-from lcplm.models import backends, ssm
+from lcplm_kernels.selective_scan import chunked, naive
 
 from scan_cases import (  # noqa: F401
     ATOL, ATOLW, GRAD_TOL, NAMES, RTOL, RTOLW, assert_close_all, assert_error_at_most_twice_the_references, make_inputs, run,
@@ -30,8 +29,8 @@ def test_chunked_matches_reference(batch, dim, nstate, length, softplus):
     g = torch.Generator().manual_seed(1)
     gout = torch.randn(batch, dim, length, generator=g)
     glast = torch.randn(batch, dim, nstate, generator=g)
-    ref = run(ssm.selective_scan_ref, x, gout, glast, delta_softplus=softplus)
-    got = run(ssm.selective_scan_chunked, x, gout, glast, delta_softplus=softplus)
+    ref = run(naive.selective_scan_ref, x, gout, glast, delta_softplus=softplus)
+    got = run(chunked.selective_scan_chunked, x, gout, glast, delta_softplus=softplus)
     assert_close_all(got, ref)
 
 
@@ -42,8 +41,8 @@ def test_optional_inputs(has_D, has_z, has_bias):
     x = make_inputs(2, 6, 5, 63, has_D=has_D, has_z=has_z, has_bias=has_bias)
     gout = torch.randn(2, 6, 63, generator=torch.Generator().manual_seed(2))
     assert_close_all(
-        run(ssm.selective_scan_chunked, x, gout, delta_softplus=True),
-        run(ssm.selective_scan_ref, x, gout, delta_softplus=True),
+        run(chunked.selective_scan_chunked, x, gout, delta_softplus=True),
+        run(naive.selective_scan_ref, x, gout, delta_softplus=True),
     )
 
 
@@ -53,14 +52,14 @@ def test_chunk_sizes_and_sub_chunks(chunk_size):
     x = make_inputs(1, 3, 4, 100, seed=3)
     gout = torch.randn(1, 3, 100, generator=torch.Generator().manual_seed(3))
     assert_close_all(
-        run(ssm.selective_scan_chunked, x, gout, delta_softplus=True, chunk_size=chunk_size),
-        run(ssm.selective_scan_ref, x, gout, delta_softplus=True),
+        run(chunked.selective_scan_chunked, x, gout, delta_softplus=True, chunk_size=chunk_size),
+        run(naive.selective_scan_ref, x, gout, delta_softplus=True),
     )
 
 
 def test_error_against_fp64_oracle_is_at_most_twice_the_references():
     """Flash-attention's rule: the fast path's error vs an fp64 oracle <= 2x the fp32 reference's."""
-    assert_error_at_most_twice_the_references(ssm.selective_scan_chunked, ssm.selective_scan_ref)
+    assert_error_at_most_twice_the_references(chunked.selective_scan_chunked, naive.selective_scan_ref)
 
 
 def test_large_decays_stay_finite_and_exact():
@@ -69,8 +68,8 @@ def test_large_decays_stay_finite_and_exact():
     x["delta"] = 5.0 + 15.0 * torch.rand(1, 4, 200, generator=torch.Generator().manual_seed(5))
     x["A"] = -torch.linspace(1.0, 60.0, 24).view(4, 6)
     gout = torch.randn(1, 4, 200, generator=torch.Generator().manual_seed(6))
-    got = run(ssm.selective_scan_chunked, x, gout, delta_softplus=False)
-    ref = run(ssm.selective_scan_ref, x, gout, delta_softplus=False)
+    got = run(chunked.selective_scan_chunked, x, gout, delta_softplus=False)
+    ref = run(naive.selective_scan_ref, x, gout, delta_softplus=False)
     assert torch.isfinite(got[0]).all() and all(torch.isfinite(v).all() for v in got[2].values())
     assert_close_all(got, ref)
 
@@ -81,8 +80,8 @@ def test_tiny_decays_carry_state_across_many_chunks():
     x["delta"] = torch.full((1, 3, 400), 1e-4)
     gout = torch.randn(1, 3, 400, generator=torch.Generator().manual_seed(7))
     assert_close_all(
-        run(ssm.selective_scan_chunked, x, gout, chunk_size=16),
-        run(ssm.selective_scan_ref, x, gout),
+        run(chunked.selective_scan_chunked, x, gout, chunk_size=16),
+        run(naive.selective_scan_ref, x, gout),
     )
 
 
@@ -93,7 +92,7 @@ def _packed(lengths, dim=4, nstate=5, seed=8):
     return x, cu
 
 
-@pytest.mark.parametrize("fn", [ssm.selective_scan_ref, ssm.selective_scan_chunked])
+@pytest.mark.parametrize("fn", [naive.selective_scan_ref, chunked.selective_scan_chunked])
 def test_segment_resets_equal_separate_scans(fn):
     lengths = [1, 63, 0, 17, 100]
     x, cu = _packed(lengths)
@@ -107,7 +106,7 @@ def test_segment_resets_equal_separate_scans(fn):
             continue
         s, e = int(cu[i]), int(cu[i + 1])
         seg = {k: (v[..., s:e] if v.dim() == 3 else v).clone().requires_grad_() for k, v in x.items()}
-        o = ssm.selective_scan_ref(**seg, delta_softplus=True)
+        o = naive.selective_scan_ref(**seg, delta_softplus=True)
         (o * gout[..., s:e]).sum().backward()
         torch.testing.assert_close(out[..., s:e].detach(), o.detach(), rtol=RTOL, atol=ATOL)
         for k in ("u", "delta", "B", "C", "z"):
@@ -120,18 +119,18 @@ def test_segment_resets_chunked_vs_reference_with_small_chunks():
     x, cu = _packed([5, 40, 1, 33, 21])
     gout = torch.randn(1, 4, 100, generator=torch.Generator().manual_seed(10))
     for chunk in (3, 8, 32):
-        got = run(ssm.selective_scan_chunked, x, gout, cu_seqlens=cu, chunk_size=chunk)
-        ref = run(ssm.selective_scan_ref, x, gout, cu_seqlens=cu)
+        got = run(chunked.selective_scan_chunked, x, gout, cu_seqlens=cu, chunk_size=chunk)
+        ref = run(naive.selective_scan_ref, x, gout, cu_seqlens=cu)
         assert_close_all(got, ref)
 
 
 def test_bad_cu_seqlens_is_rejected():
     x, _ = _packed([3, 4])
     with pytest.raises(ValueError, match="cu_seqlens"):
-        ssm.selective_scan_chunked(**x, cu_seqlens=torch.tensor([0, 3, 5], dtype=torch.int32))
+        chunked.selective_scan_chunked(**x, cu_seqlens=torch.tensor([0, 3, 5], dtype=torch.int32))
     with pytest.raises(ValueError, match="batch"):
         y = make_inputs(2, 4, 5, 7)
-        ssm.selective_scan_chunked(**y, cu_seqlens=torch.tensor([0, 7], dtype=torch.int32))
+        chunked.selective_scan_chunked(**y, cu_seqlens=torch.tensor([0, 7], dtype=torch.int32))
 
 
 def test_unwritten_buffers_would_show(monkeypatch):
@@ -140,7 +139,7 @@ def test_unwritten_buffers_would_show(monkeypatch):
     monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: real_empty_like(*a, **k).fill_(float("nan")))
     x = make_inputs(2, 3, 4, 77, seed=11)
-    out, last, grads = run(ssm.selective_scan_chunked, x, delta_softplus=True, chunk_size=10)
+    out, last, grads = run(chunked.selective_scan_chunked, x, delta_softplus=True, chunk_size=10)
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
     assert all(torch.isfinite(g).all() for g in grads.values())
 
@@ -157,7 +156,7 @@ def test_saved_memory_is_inputs_plus_chunk_states():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        ssm.selective_scan_chunked(**x, delta_softplus=True, chunk_size=chunk)
+        chunked.selective_scan_chunked(**x, delta_softplus=True, chunk_size=chunk)
     inputs = sum(v.numel() * v.element_size() for v in x.values())
     states = (length // chunk) * batch * dim * nstate * 4
     assert sum(saved.values()) <= inputs + states
@@ -167,86 +166,15 @@ def test_saved_memory_is_inputs_plus_chunk_states():
 def test_bf16_inputs_compute_in_fp32():
     x = make_inputs(2, 4, 8, 50, dtype=torch.bfloat16)
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-    out = ssm.selective_scan_chunked(**leaves, delta_softplus=True)
+    out = chunked.selective_scan_chunked(**leaves, delta_softplus=True)
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert all(leaves[k].grad.dtype == torch.bfloat16 for k in leaves)
-    ref = ssm.selective_scan_ref(**x, delta_softplus=True)
+    ref = naive.selective_scan_ref(**x, delta_softplus=True)
     torch.testing.assert_close(out.float(), ref.float(), rtol=3e-2, atol=5e-2)
 
 
 def test_empty_sequence():
     x = make_inputs(2, 3, 4, 0)
-    out, last = ssm.selective_scan_chunked(**x, return_last_state=True)
+    out, last = chunked.selective_scan_chunked(**x, return_last_state=True)
     assert out.shape == (2, 3, 0) and last.shape == (2, 3, 4) and not last.any()
-
-
-# ---------------------------------------------------------------------------- dispatch
-
-
-def test_backend_dispatch_on_cpu():
-    x = make_inputs(2, 4, 8, 40)
-    ref = ssm.selective_scan_ref(**x, delta_softplus=True)
-    native_ok = backends.native_scan_unavailable() is None
-    for backend in ("auto", "chunked", "reference") + (("native",) if native_ok else ()):
-        out = backends.selective_scan(**x, delta_softplus=True, backend=backend)
-        torch.testing.assert_close(out, ref, rtol=RTOL, atol=ATOL)
-    # auto on CPU: the fused C kernel when it compiles here, else the chunked PyTorch scan
-    assert backends.resolve_scan_backend("auto", torch.device("cpu")) == ("native" if native_ok else "chunked")
-    assert backends.resolve_scan_backend("auto", torch.device("cpu"), torch.float64) == "chunked"
-
-
-def test_cuda_backend_errors_are_user_errors(monkeypatch):
-    monkeypatch.setattr(backends, "mamba_scan_fn", lambda: None)
-    x = make_inputs(1, 2, 3, 5)
-    with pytest.raises(UserError, match=r"pip install -e \.\[gpu\]"):
-        backends.selective_scan(**x, backend="cuda")
-    with pytest.raises(UserError, match="must be one of"):
-        backends.selective_scan(**x, backend="fast")
-
-
-def test_cuda_packed_rule_unpacks_and_repacks(monkeypatch):
-    """The cuda backend's packed-batch rule (unpack to padded, scan, pack), run with the reference
-    standing in for the kernel: it must equal the reference's own segment-reset scan."""
-
-    def fake_kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        return ssm.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-
-    monkeypatch.setattr(backends, "mamba_scan_fn", lambda: fake_kernel)
-    monkeypatch.setattr(backends, "resolve_scan_backend", lambda backend, device, dtype=None: "cuda")
-    x, cu = _packed([4, 1, 30, 9])
-    out = backends.selective_scan(**x, delta_softplus=True, cu_seqlens=cu, backend="cuda")
-    ref = ssm.selective_scan_ref(**x, delta_softplus=True, cu_seqlens=cu)
-    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
-
-
-def test_causal_conv_matches_conv1d_and_respects_boundaries():
-    g = torch.Generator().manual_seed(12)
-    x = torch.randn(2, 6, 37, generator=g)
-    w = torch.randn(6, 4, generator=g)
-    b = torch.randn(6, generator=g)
-    expect = torch.nn.functional.silu(
-        torch.nn.functional.conv1d(x, w[:, None, :], b, padding=3, groups=6)[..., :37]
-    )
-    torch.testing.assert_close(backends.causal_conv1d(x, w, b), expect, rtol=1e-5, atol=1e-6)
-    # packed: [0, 5) [5, 6) [6, 37) in one row; each segment equals its own conv
-    positions = torch.cat([torch.arange(5), torch.arange(1), torch.arange(31)])
-    packed = backends.causal_conv1d(x[:1], w, b, positions=positions)
-    for s, e in ((0, 5), (5, 6), (6, 37)):
-        alone = backends.causal_conv1d(x[:1, :, s:e], w, b)
-        # same arithmetic; only SiLU's vectorised vs scalar tail loop may differ by an ulp
-        torch.testing.assert_close(packed[..., s:e], alone, rtol=1e-6, atol=1e-7)
-    assert backends.causal_conv1d(x[:, :, :2], w, b).shape == (2, 6, 2)
-
-
-@pytest.mark.parametrize("silu", [True, False])
-def test_causal_conv_gradients(silu):
-    g = torch.Generator().manual_seed(13)
-    x = torch.randn(2, 5, 23, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
-    positions = torch.cat([torch.arange(2), torch.arange(9), torch.arange(12)])
-    for pos in (None, positions):
-        assert torch.autograd.gradcheck(lambda *t: backends.causal_conv1d(*t, positions=pos, silu=silu), (x, w, b))
-    short = x[:, :, :2].detach().requires_grad_()
-    assert torch.autograd.gradcheck(lambda *t: backends.causal_conv1d(*t, silu=silu), (short, w, b))

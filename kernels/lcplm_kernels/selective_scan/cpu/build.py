@@ -9,8 +9,8 @@ node without it. Builds go to a temporary file renamed into place, so concurrent
 never load a half-written library.
 
 Nothing here raises: :func:`load` returns the library or None, and :func:`unavailable_reason`
-says why (no compiler, a failed build, ``LCPLM_CPU_SCAN=0``). Compile time is about a
-second; there are no PyTorch headers involved.
+says why (no compiler, a failed build, ``LCPLM_CPU_SCAN=0``). Compile time is a few seconds
+(about 4 s of CPU with GCC 12); there are no PyTorch headers involved.
 """
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ from pathlib import Path
 from typing import Optional
 
 SOURCE = Path(__file__).with_name("scan.c")
-ABI = 4
+ABI = 7
 # -O2 -ftree-vectorize, not -O3: GCC 12 at -O3 makes the backward 4x slower (measured).
 # NaN still propagates under -ffast-math: scan.c tests for it on the bits (see exp_f).
 FLAGS = ["-O2", "-ftree-vectorize", "-ffast-math", "-fPIC", "-shared", "-std=c11", "-fno-strict-aliasing"]
 NATIVE = ["-march=native"]
+# Only when the process already runs libgomp (PyTorch's own build ships it): the library's
+# NEEDED libgomp.so.1 then resolves to that copy, so the mixer ops' OpenMP team is PyTorch's
+# intra-op threads (see lcplm_mixer_scan_team in scan.c). Elsewhere, no OpenMP: a second
+# runtime's threads would compete with PyTorch's.
+OPENMP = ["-fopenmp"]
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -122,6 +127,23 @@ class ConvArgs(ctypes.Structure):
     ]
 
 
+class MixerArgs(ctypes.Structure):
+    """Mirror of ``mixer_args`` in scan.c (the forward-only channels-last mixer ops)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("B", "L", "E", "N", "R", "K", "bf16", "nseg", "ldx", "lddbl", "ldz")] + [
+        (name, ctypes.c_void_p)
+        for name in ("seg", "x", "conv_w", "conv_b", "xc", "dbl_f", "dbl_r", "z", "dt_w", "dt_b", "A2", "Dv", "yf", "out")
+    ]
+
+
+class NormArgs(ctypes.Structure):
+    """Mirror of ``norm_args`` in scan.c (residual add + RMSNorm at inference)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("d", "hidden_bf16", "norm_bf16")] + [("eps", ctypes.c_double)] + [
+        (name, ctypes.c_void_p) for name in ("hidden", "residual", "weight", "res_out", "normed")
+    ]
+
+
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -139,7 +161,32 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.lcplm_conv_fwd.argtypes = [ctypes.POINTER(ConvArgs), i64, i64]
     lib.lcplm_conv_bwd.restype = ctypes.c_int
     lib.lcplm_conv_bwd.argtypes = [ctypes.POINTER(ConvArgs), i64, i64, ptr]
+    lib.lcplm_mixer_conv.restype = ctypes.c_int
+    lib.lcplm_mixer_conv.argtypes = [ctypes.POINTER(MixerArgs), i64, i64]
+    lib.lcplm_mixer_scan_work.restype = i64
+    lib.lcplm_mixer_scan_work.argtypes = [i64, i64]
+    lib.lcplm_mixer_scan.restype = ctypes.c_int
+    lib.lcplm_mixer_scan.argtypes = [ctypes.POINTER(MixerArgs), i64, i64, ptr]
+    lib.lcplm_openmp.restype = ctypes.c_int
+    lib.lcplm_openmp.argtypes = []
+    lib.lcplm_mixer_conv_team.restype = ctypes.c_int
+    lib.lcplm_mixer_conv_team.argtypes = [ctypes.POINTER(MixerArgs), i64]
+    lib.lcplm_mixer_scan_team.restype = ctypes.c_int
+    lib.lcplm_mixer_scan_team.argtypes = [ctypes.POINTER(MixerArgs), i64, ptr, i64]
+    lib.lcplm_add_rmsnorm.restype = ctypes.c_int
+    lib.lcplm_add_rmsnorm.argtypes = [ctypes.POINTER(NormArgs), i64, i64]
+    lib.lcplm_add_rmsnorm_team.restype = ctypes.c_int
+    lib.lcplm_add_rmsnorm_team.argtypes = [ctypes.POINTER(NormArgs), i64, i64]
     return lib
+
+
+def openmp_runtimes() -> set[str]:
+    """Paths of the libgomp copies mapped into this process (Linux /proc; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    return {parts[5] for parts in (line.split() for line in maps) if len(parts) >= 6 and Path(parts[5]).name.startswith("libgomp")}
 
 
 def _build() -> tuple[Optional[ctypes.CDLL], str]:
@@ -152,7 +199,9 @@ def _build() -> tuple[Optional[ctypes.CDLL], str]:
         return None, "no C compiler found (set CC, or install gcc)"
     version = _compiler_version(cc)
     errors = []
-    for flags in (FLAGS + NATIVE, FLAGS):  # some compilers/targets reject -march=native
+    omp = OPENMP if openmp_runtimes() else []
+    candidates = [FLAGS + NATIVE + omp, FLAGS + NATIVE, FLAGS]  # compilers may reject -fopenmp, -march=native
+    for flags in [f for i, f in enumerate(candidates) if f not in candidates[:i]]:
         key = hashlib.sha256(
             "\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_flags(), str(ABI)]).encode()
         ).hexdigest()[:20]
@@ -183,8 +232,20 @@ def load() -> Optional[ctypes.CDLL]:
     """The compiled kernel, building it on first call; None when it cannot be had."""
     with _lock:
         if "lib" not in _state:
+            before = openmp_runtimes()
             _state["lib"], _state["info"] = _build()
+            lib = _state["lib"]
+            # loading mapped no new libgomp: ``NEEDED libgomp.so.1`` bound to the copy already
+            # running (PyTorch's; other packages' bundled copies carry other SONAMEs), so our
+            # OpenMP team is PyTorch's threads, not a second runtime's
+            _state["team"] = lib is not None and lib.lcplm_openmp() == 1 and bool(before) and openmp_runtimes() == before
         return _state["lib"]
+
+
+def uses_torch_threads() -> bool:
+    """True when the mixer ops' OpenMP team is PyTorch's own intra-op threads (else the callers
+    split the work among threads of their own)."""
+    return load() is not None and _state["team"]
 
 
 def unavailable_reason() -> Optional[str]:

@@ -5,11 +5,11 @@ recurrence (its (d_state,) state in registers), the D skip, the silu(z) gate, an
 gradients, touching each input once per pass; PyTorch only sums the per-row partial
 gradients of A, B, C, D and the bias. Channels are split into contiguous row ranges, one per
 thread (``torch.get_num_threads()``): the calling thread runs the first, a pool the others;
-ctypes releases the GIL, so they run in parallel. The backward recomputes one chunk
+ctypes releases the GIL, so they run in parallel (``ffi.py``). The backward recomputes one chunk
 of ``chunk_size`` steps at a time from the state saved at its start: saved memory is the
 inputs plus (B, D, L / chunk_size, N) states, linear in L.
 
-Semantics are mamba-ssm's ``selective_scan_fn`` (and ``lcplm.models.ssm.selective_scan_ref``,
+Semantics are mamba-ssm's ``selective_scan_fn`` (and ``naive.selective_scan_ref``,
 the reference this is tested against) with one addition: ``keep`` (L,) float, 0 where a
 packed sequence starts, resets the state there. Computes in fp32; other input dtypes are
 converted and the output and gradients come back in the inputs' dtypes.
@@ -17,72 +17,20 @@ converted and the output and gradients come back in the inputs' dtypes.
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from . import build
+from .ffi import args_struct, f32, ptr, row_ranges, run_parallel
 
 DEFAULT_CHUNK = 256
-
-_pool_lock = threading.Lock()
-_pool: dict = {}
 
 
 def available() -> bool:
     """True when the kernel is compiled and loadable on this machine."""
     return build.load() is not None
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    # one pool per process and size; a forked child (DataLoader worker) gets a fresh one
-    key = (os.getpid(), workers)
-    with _pool_lock:
-        if _pool.get("key") != key:
-            old = _pool.get("ex")
-            if old is not None and _pool["key"][0] == os.getpid():
-                old.shutdown(wait=False)  # the thread count changed: do not leak idle threads
-            _pool["key"], _pool["ex"] = key, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcplm-scan")
-        return _pool["ex"]
-
-
-def _ranges(rows: int, threads: int) -> list[tuple[int, int]]:
-    parts = max(1, min(threads, rows))
-    step, extra = divmod(rows, parts)
-    out, r = [], 0
-    for i in range(parts):
-        n = step + (1 if i < extra else 0)
-        out.append((r, r + n))
-        r += n
-    return out
-
-
-def _run(calls) -> None:
-    """Run thunks returning the kernel's status: the first here, the others on the pool."""
-    futures = [_executor(len(calls) - 1).submit(c) for c in calls[1:]] if len(calls) > 1 else []
-    codes = [calls[0]()] + [f.result() for f in futures]
-    if any(codes):
-        raise RuntimeError(f"selective_scan_cpu kernel returned {codes}")
-
-
-def _p(t: Optional[Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
-def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.detach().to(torch.float32).contiguous()
-
-
-def _args(struct=build.ScanArgs, **kw):
-    """A ctypes argument struct (ScanArgs or ConvArgs): tensors become data pointers, None NULL."""
-    args = struct()
-    for name, value in kw.items():
-        setattr(args, name, _p(value) if isinstance(value, Tensor) or value is None else value)
-    return args
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
@@ -91,22 +39,23 @@ class _SelectiveScanCPU(torch.autograd.Function):
         lib = build.load()
         bsz, dim, length = u.shape
         nstate = A.shape[1]
-        f = [_f32(t) for t in (u, delta, A, D, z, delta_bias, keep)]
+        f = [f32(t) for t in (u, delta, A, D, z, delta_bias, keep)]
         uf, deltaf, Af, Df, zf, biasf, keepf = f
-        Bt, Ct = _f32(B.transpose(1, 2)), _f32(C.transpose(1, 2))  # (B, L, N)
+        Bt, Ct = f32(B.transpose(1, 2)), f32(C.transpose(1, 2))  # (B, L, N)
         rows, nchunk = bsz * dim, -(-length // chunk_size)
         out = torch.empty(bsz, dim, length, dtype=torch.float32)
         states = torch.empty(rows, nchunk, nstate, dtype=torch.float32)
         last = torch.empty(bsz, dim, nstate, dtype=torch.float32)
         y = None if zf is None else torch.empty_like(out)  # pre-gate output, for dz
-        args = _args(
+        args = args_struct(
+            build.ScanArgs,
             Dm=dim, L=length, N=nstate, K=chunk_size, softplus=int(delta_softplus),
             u=uf, delta=deltaf, bias=biasf, A=Af, Bt=Bt, Ct=Ct, Dv=Df, z=zf, keep=keepf,
             out=out, y=y, states=states, last=last,
         )  # fmt: skip
-        parts = _ranges(rows, torch.get_num_threads())
+        parts = row_ranges(rows, torch.get_num_threads())
         work = torch.empty(len(parts), lib.lcplm_scan_work(length, nstate, chunk_size, 0), dtype=torch.float32)
-        _run([(lambda r0=r0, r1=r1, i=i: lib.lcplm_scan_fwd(args, r0, r1, _p(work[i]))) for i, (r0, r1) in enumerate(parts)])
+        run_parallel([(lambda r0=r0, r1=r1, i=i: lib.lcplm_scan_fwd(args, r0, r1, ptr(work[i]))) for i, (r0, r1) in enumerate(parts)])
         ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
         ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
         ctx.save_for_backward(uf, deltaf, Af, Bt, Ct, Df, zf, biasf, keepf, states, y)
@@ -120,25 +69,27 @@ class _SelectiveScanCPU(torch.autograd.Function):
         bsz, dim, length = uf.shape
         nstate = Af.shape[1]
         rows, K = bsz * dim, ctx.chunk_size
-        doutf = torch.zeros_like(uf) if dout is None else _f32(dout)
+        doutf = torch.zeros_like(uf) if dout is None else f32(dout)
+        dlastf = f32(dlast)  # referenced until the call ends: the struct holds only its pointer
         du, ddelta = torch.empty_like(uf), torch.empty_like(uf)
         dz = None if zf is None else torch.empty_like(uf)
         dA_part = torch.empty(rows, nstate, dtype=torch.float32)
         dD_part, dbias_part = torch.empty(rows, dtype=torch.float32), torch.empty(rows, dtype=torch.float32)
-        args = _args(
+        args = args_struct(
+            build.ScanArgs,
             Dm=dim, L=length, N=nstate, K=K, softplus=int(ctx.delta_softplus),
             u=uf, delta=deltaf, bias=biasf, A=Af, Bt=Bt, Ct=Ct, Dv=Df, z=zf, keep=keepf,
-            y=y, states=states, dout=doutf, dlast=_f32(dlast),
+            y=y, states=states, dout=doutf, dlast=dlastf,
             du=du, ddelta=ddelta, dz=dz, dA_part=dA_part, dD_part=dD_part, dbias_part=dbias_part,
         )  # fmt: skip
-        parts = _ranges(rows, torch.get_num_threads())
+        parts = row_ranges(rows, torch.get_num_threads())
         # dB and dC sum over channels, which different threads own: one buffer per thread
         dBt = torch.zeros(len(parts), bsz, length, nstate, dtype=torch.float32)
         dCt = torch.zeros(len(parts), bsz, length, nstate, dtype=torch.float32)
         work = torch.empty(len(parts), lib.lcplm_scan_work(length, nstate, K, 1), dtype=torch.float32)
-        _run(
+        run_parallel(
             [
-                (lambda r0=r0, r1=r1, i=i: lib.lcplm_scan_bwd(args, r0, r1, _p(dBt[i]), _p(dCt[i]), _p(work[i])))
+                (lambda r0=r0, r1=r1, i=i: lib.lcplm_scan_bwd(args, r0, r1, ptr(dBt[i]), ptr(dCt[i]), ptr(work[i])))
                 for i, (r0, r1) in enumerate(parts)
             ]
         )

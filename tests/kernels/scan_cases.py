@@ -1,6 +1,6 @@
 """Shared inputs, runner and mamba-ssm fp32 tolerances for the selective-scan tests
-(tests/models/test_ssm.py for the PyTorch scans, tests/kernels/test_selective_scan_cpu.py
-for the fused C kernel)."""
+(test_selective_scan_chunked.py for the PyTorch scans, test_selective_scan_cpu.py
+for the fused C kernel, test_selective_scan_interface.py for the dispatch)."""
 
 from __future__ import annotations
 
