@@ -1,4 +1,5 @@
-"""Command line: ``lcplm pretrain | eval-downstream | embed | data | sweep`` (or ``python -m lcplm``).
+"""Command line: ``lcplm pretrain | eval-downstream | eval-lm | embed | data | sweep | convert | reproduce``
+(or ``python -m lcplm``).
 
 Each command lives in its own module and exposes ``main(argv) -> int``. A
 :class:`~lcplm.errors.UserError` becomes one line on stderr and exit status 2.
@@ -15,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("lcplm.train.run:main", "train a model (stage 1 MLM, stage 2 graph, genome)"),
     "embed": ("lcplm.embed:main", "write per-sequence / per-residue embeddings of a FASTA"),
     "eval-downstream": ("lcplm.eval.downstream_cli:main", "remote homology, function, PPI link prediction"),
+    "eval-lm": ("lcplm.eval.lm:main", "held-out masked-LM loss per length bin, with bootstrap intervals"),
     "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, statistics)"),
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
