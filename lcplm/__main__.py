@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, statistics)"),
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
+    "params": ("lcplm.models:main", "print the parameter count of an experiment's model"),
 }
 
 

@@ -29,6 +29,7 @@ SECTION_SCHEMAS: dict[str, dict[str, str]] = {
     "model": {
         "bimamba": "lcplm.models.bimamba:BiMambaConfig",
         "sparse_transformer": "lcplm.models.sparse_transformer:SparseTransformerConfig",
+        "esm2": "lcplm.models.esm2:ESM2Config",
     },
     "data": {
         "fasta": "lcplm.data.datamodules.fasta:FastaDataConfig",

@@ -14,14 +14,17 @@ A :class:`Genome` is its proteins in genome order. Two readers build them:
 
 A genome becomes token windows (:func:`genome_windows`) of at most ``max_tokens`` tokens::
 
-    <cls> P_0 <sep> P_1 <sep> ... <sep> P_{n-1} <eos>
+    <cls> P_0 <eos> <cls> P_1 <eos> ... <cls> P_{n-1} <eos>
 
-split only at protein boundaries. ``pid`` gives each token its protein index inside the
-window: ``<cls>`` belongs to the first protein, each ``<sep>`` to the protein before it and
-``<eos>`` to the last protein, so no token belongs to two proteins and the single-protein
-pair source shares nothing between proteins; -1 is reserved for padding. A protein longer
-than ``max_tokens - 2`` residues is cropped to its first ``max_tokens - 2`` residues and
-gets a window of its own (``GenomeWindow.cropped`` names it).
+split only at protein boundaries: every protein framed as ESM-2 frames a sequence. ``pid``
+gives each token its protein index inside the window (a protein's ``<cls>`` and ``<eos>`` are
+its own), so no token belongs to two proteins; -1 is reserved for padding. Under the
+``single_protein`` pair source (attention only inside a protein) each protein therefore sees
+exactly ESM-2's input ``<cls> P <eos>`` (rotary scores depend only on i - j, so its offset in
+the window does not matter) and the genome model equals ESM-2 on every protein of a window;
+the other pair sources see the same tokens and differ only in which proteins attend to each
+other. A protein longer than ``max_tokens - 2`` residues is cropped to its first
+``max_tokens - 2`` residues and gets a window of its own (``GenomeWindow.cropped`` names it).
 """
 
 from __future__ import annotations
@@ -311,38 +314,36 @@ class GenomeWindow:
 
 
 def tokenize_proteins(seqs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<cls> s_0 <sep> s_1 ... s_{n-1} <eos>`` and its pid; seqs are residue-id arrays.
+    """``<cls> s_0 <eos> <cls> s_1 <eos> ... <cls> s_{n-1} <eos>`` and its pid; seqs are residue-id arrays.
 
-    Returns input_ids (L,), pid (L,) with L = sum(len) + n + 1.
+    Returns input_ids (L,), pid (L,) with L = sum(len) + 2n; protein k's three parts have pid k.
     """
     n = len(seqs)
     if n == 0:
         raise ValueError("a window needs at least one protein")
     lens = np.array([len(s) for s in seqs], dtype=np.int64)
-    ids = np.empty(int(lens.sum()) + n + 1, dtype=np.int64)
+    ids = np.empty(int(lens.sum()) + 2 * n, dtype=np.int64)
     pid = np.empty_like(ids)
-    ids[0], pid[0] = tokenizer.CLS, 0
-    pos = 1
+    pos = 0
     for k, s in enumerate(seqs):
-        ids[pos : pos + len(s)] = s
-        pid[pos : pos + len(s) + 1] = k  # residues and the token after them (<sep> or <eos>)
-        pos += len(s)
-        ids[pos] = tokenizer.SEP if k < n - 1 else tokenizer.EOS
-        pos += 1
+        end = pos + len(s) + 2
+        ids[pos], ids[pos + 1 : end - 1], ids[end - 1] = tokenizer.CLS, s, tokenizer.EOS
+        pid[pos:end] = k
+        pos = end
     return torch.from_numpy(ids), torch.from_numpy(pid)
 
 
 def genome_windows(genome: Genome, max_tokens: int) -> list[GenomeWindow]:
     """Split a genome into windows of at most ``max_tokens`` tokens at protein boundaries.
 
-    Greedy in genome order: a window takes proteins while ``1 + sum(len + 1)`` fits.
+    Greedy in genome order: a window takes proteins while ``sum(len + 2)`` fits.
     """
     if max_tokens < 3:
         raise UserError(f"max_tokens must be at least 3 (<cls> residue <eos>), got {max_tokens}")
     max_res = max_tokens - 2
     windows: list[GenomeWindow] = []
     cur: list[int] = []
-    cur_tokens = 1  # <cls>
+    cur_tokens = 0
     encoded = [tokenizer.encode_residues(p.sequence, f"{genome.genome_id}/{p.protein_id}") for p in genome.proteins]
 
     def flush() -> None:
@@ -360,10 +361,10 @@ def genome_windows(genome: Genome, max_tokens: int) -> list[GenomeWindow]:
         windows.append(
             GenomeWindow(genome.genome_id, [genome.proteins[i] for i in cur], cur[0], ids, pid, cropped)
         )
-        cur, cur_tokens = [], 1
+        cur, cur_tokens = [], 0
 
     for i, s in enumerate(encoded):
-        need = min(len(s), max_res) + 1  # residues + <sep>/<eos>
+        need = min(len(s), max_res) + 2  # <cls> residues <eos>
         if cur and cur_tokens + need > max_tokens:
             flush()
         cur.append(i)

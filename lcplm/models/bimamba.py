@@ -13,6 +13,11 @@ the two out_proj calls become one on the sum (an out_proj bias, which LC-PLM add
 direction, is stored doubled by the converter). The projections, most of the FLOPs, run
 once instead of twice.
 
+``share_projections: false`` gives each direction its own ``in_proj``/``out_proj`` (two
+untied Mamba calls): the control of LC-PLM's shared-projection ablation. It has about twice
+the projection parameters at the same width, so equal-parameter pairs use a narrower model
+(``lcplm params`` prints the counts). LC-PLM's released format has shared projections only.
+
 Batches: padded ``input_ids (B, L)`` with ``lengths (B,)``, or packed ``input_ids (1, T)``
 with ``cu_seqlens (n+1,)``. A sequence's outputs are the same alone, in a padded batch or
 packed: it is reversed within its own extent, conv windows and scan states restart at its
@@ -58,6 +63,7 @@ class BiMambaConfig:
     dt_scale: float = 1.0  # dt_proj weights start uniform in +-dt_scale / sqrt(dt_rank)
     conv_bias: bool = True  # bias in the depthwise convs
     bias: bool = False  # biases in in_proj and out_proj
+    share_projections: bool = True  # one in_proj/out_proj for both directions (BiMamba-S); false: one pair per direction
     vocab_size: int = tokenizer.PADDED_VOCAB_SIZE  # embedding / LM-head rows
     norm_eps: float = 1e-5  # RMSNorm epsilon
     residual_in_fp32: bool = True  # keep the residual stream in fp32 under bf16 autocast
@@ -208,31 +214,52 @@ class SSMDirection(nn.Module):
 
 
 class BiMambaMixer(nn.Module):
-    """Shared in_proj -> forward and per-sequence-reversed scans -> sum, gate -> shared out_proj."""
+    """in_proj -> forward and per-sequence-reversed scans -> gate -> out_proj.
+
+    Shared (``share_projections``, BiMamba-S): one ``in_proj`` gives x and z for both
+    directions, y = (y_fwd + reverse(y_rev)) * silu(z) goes through one ``out_proj``.
+    Unshared (the control of LC-PLM's shared-projection ablation, two untied Mamba calls):
+    ``in_proj``/``out_proj`` serve the forward direction and ``in_proj_rev``/``out_proj_rev``
+    the reverse one, each direction gated by its own z:
+    out = out_proj(y_fwd * silu(z)) + out_proj_rev(reverse(y_rev) * silu(z_rev)).
+    """
 
     def __init__(self, cfg: BiMambaConfig):
         super().__init__()
         self.backend = cfg.scan_backend
         self.chunk_size = cfg.chunk_size or None
+        self.share_projections = cfg.share_projections
         self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_inner, bias=cfg.bias)
         self.fwd = SSMDirection(cfg)
         self.rev = SSMDirection(cfg)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
-        # GPT-2 / mamba-ssm: residual-branch output weights scaled by 1/sqrt(n_layer)
-        with torch.no_grad():
-            self.out_proj.weight /= math.sqrt(cfg.n_layer)
-        for lin in (self.in_proj, self.out_proj):
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+        projections = [(self.in_proj, self.out_proj)]
+        if not cfg.share_projections:
+            self.in_proj_rev = nn.Linear(cfg.d_model, 2 * cfg.d_inner, bias=cfg.bias)
+            self.out_proj_rev = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+            projections.append((self.in_proj_rev, self.out_proj_rev))
+        for in_proj, out_proj in projections:
+            # GPT-2 / mamba-ssm: residual-branch output weights scaled by 1/sqrt(n_layer)
+            with torch.no_grad():
+                out_proj.weight /= math.sqrt(cfg.n_layer)
+            for lin in (in_proj, out_proj):
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
 
     def forward(self, h: Tensor, layout: SequenceLayout) -> Tensor:
         """h: (B, L, d) -> (B, L, d)."""
         x, z = self.in_proj(h).chunk(2, dim=-1)
         x = x.transpose(1, 2)  # (B, E, L)
         y_fwd = self.fwd(x, layout, self.backend, self.chunk_size)
-        y_rev = layout.reverse(self.rev(layout.reverse(x), layout, self.backend, self.chunk_size))
-        y = (y_fwd.float() + y_rev.float()) * F.silu(z.transpose(1, 2).float())
-        return self.out_proj(y.transpose(1, 2).to(h.dtype))
+        if self.share_projections:
+            y_rev = layout.reverse(self.rev(layout.reverse(x), layout, self.backend, self.chunk_size))
+            y = (y_fwd.float() + y_rev.float()) * F.silu(z.transpose(1, 2).float())
+            return self.out_proj(y.transpose(1, 2).to(h.dtype))
+        x_rev, z_rev = self.in_proj_rev(h).chunk(2, dim=-1)
+        y_rev = layout.reverse(self.rev(layout.reverse(x_rev.transpose(1, 2)), layout, self.backend, self.chunk_size))
+        y_fwd = y_fwd.float() * F.silu(z.transpose(1, 2).float())
+        y_rev = y_rev.float() * F.silu(z_rev.transpose(1, 2).float())
+        return self.out_proj(y_fwd.transpose(1, 2).to(h.dtype)) + self.out_proj_rev(y_rev.transpose(1, 2).to(h.dtype))
 
 
 class BiMambaBlock(nn.Module):

@@ -25,6 +25,9 @@ Vocabulary: both use ESM-2's ids 0..32; LC-PLM pads its table to 128 rows, ours 
 LC-PLM's never-trained padding rows, i.e. our extra tokens start from LC-PLM's
 initialisation. Exporting writes our 40 rows and zero rows up to 128. So ours -> LC-PLM ->
 ours is exact, and LC-PLM -> ours -> LC-PLM is exact except rows 40..127 (unused) become 0.
+
+LC-PLM has shared projections only: a model with ``share_projections: false`` is refused both
+ways with one line (``bidirectional_weight_tie: false`` configs are refused on import too).
 """
 
 from __future__ import annotations
@@ -217,6 +220,14 @@ def config_to_lcplm(cfg: BiMambaConfig, vocab_size: int = LCPLM_VOCAB) -> dict:
 # ----------------------------------------------------------------------------- weights
 
 
+def _require_shared(cfg: BiMambaConfig) -> None:
+    if not cfg.share_projections:
+        raise UserError(
+            "model.share_projections is false: LC-PLM's format has shared in/out projections only "
+            "(bidirectional_weight_tie), so an unshared BiMamba does not convert to or from it"
+        )
+
+
 def _resize_rows(t: Tensor, rows: int) -> Tensor:
     """First ``rows`` rows of t, zero rows appended if t has fewer."""
     out = t.new_zeros((rows,) + tuple(t.shape[1:]))
@@ -241,6 +252,7 @@ def lcplm_state_to_ours(
 ) -> dict[str, Tensor]:
     """Map an LC-PLM state dict onto :class:`BiMambaLM`'s parameter names (rows resized to
     cfg.vocab_size). ``sources``, if given, receives our key -> the LC-PLM key it came from."""
+    _require_shared(cfg)
     p = _detect_prefix(state, where)
     used: set[str] = set()
     sources = {} if sources is None else sources
@@ -311,6 +323,7 @@ def ours_state_to_lcplm(
 ) -> dict[str, Tensor]:
     """Our :class:`BiMambaLM` state dict in LC-PLM's names; tied projections are written once
     (under ``mamba_fwd``, as the released file) unless ``duplicate_tied``."""
+    _require_shared(cfg)
     if vocab_size < cfg.vocab_size:
         raise UserError(f"export vocab_size {vocab_size} is smaller than the model's {cfg.vocab_size}")
 

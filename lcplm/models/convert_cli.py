@@ -3,6 +3,8 @@
     lcplm convert lcplm-to-ours LCPLM_DIR OUT.ckpt      LC-PLM (HF layout) -> lcplm checkpoint
     lcplm convert ours-to-lcplm RUN.ckpt OUT_DIR        lcplm BiMamba-S -> LC-PLM (HF layout)
     lcplm convert esm-to-genome HF_DIR OUT.ckpt         ESM-2 -> genome transformer (convert_esm)
+    lcplm convert esm-to-esm2 HF_DIR OUT.ckpt           ESM-2 -> lcplm ESM-2 (model.name esm2)
+    lcplm convert ours-to-esm RUN.ckpt OUT_DIR          lcplm esm2 / genome transformer -> ESM-2 (HF layout)
 
 An lcplm checkpoint is what ``run.init_from`` and ``lcplm.train.checkpoint.load_model`` read.
 """
@@ -42,15 +44,31 @@ def ours_to_lcplm(ns: argparse.Namespace) -> int:
     return 0
 
 
+def ours_to_esm(ns: argparse.Namespace) -> int:
+    from lcplm.models.convert_esm import save_hf_directory
+    from lcplm.models.sparse_transformer import ESM2StyleLM
+    from lcplm.train.checkpoint import load_model
+
+    model, cfg = load_model(ns.src)
+    if not isinstance(model, ESM2StyleLM):
+        raise UserError(f"{ns.src}: model.name is {cfg.name!r}; only 'esm2' and 'sparse_transformer' export to ESM-2's layout")
+    target = save_hf_directory(model, ns.out)
+    print(f"wrote {ns.out}/config.json and {target.name} (EsmForMaskedLM): {_n_params(model)}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "esm-to-genome":
+    if argv and argv[0] in ("esm-to-genome", "esm-to-esm2"):
         from lcplm.models import convert_esm
 
-        return convert_esm.main(argv[1:])
+        target = "sparse_transformer" if argv[0] == "esm-to-genome" else "esm2"
+        return convert_esm.main(argv[1:], model=target, prog=f"lcplm convert {argv[0]}")
     p = argparse.ArgumentParser(
         prog="lcplm convert", description="Move weights between LC-PLM / ESM-2 releases and lcplm checkpoints."
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{lcplm-to-ours,ours-to-lcplm,esm-to-genome}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{lcplm-to-ours,ours-to-lcplm,esm-to-genome,esm-to-esm2,ours-to-esm}"
+    )
     a = sub.add_parser("lcplm-to-ours", help="LC-PLM Hugging Face directory -> lcplm checkpoint")
     a.add_argument("src", help="directory with config.json and model.safetensors / pytorch_model.bin")
     a.add_argument("out", help="output .ckpt (usable as run.init_from)")
@@ -69,5 +87,10 @@ def main(argv: list[str]) -> int:
     b.add_argument("--bin", action="store_true", help="write pytorch_model.bin instead of model.safetensors")
     b.set_defaults(func=ours_to_lcplm)
     sub.add_parser("esm-to-genome", help="ESM-2 Hugging Face directory -> genome transformer (see its --help)")
+    sub.add_parser("esm-to-esm2", help="ESM-2 Hugging Face directory -> lcplm esm2 checkpoint (see its --help)")
+    c = sub.add_parser("ours-to-esm", help="lcplm esm2 / genome-transformer checkpoint -> ESM-2 Hugging Face directory")
+    c.add_argument("src", help="lcplm checkpoint (e.g. runs/tiny_esm2/checkpoints/last.ckpt)")
+    c.add_argument("out", help="output directory (config.json, model.safetensors, tokenizer files)")
+    c.set_defaults(func=ours_to_esm)
     ns = p.parse_args(argv)
     return ns.func(ns)

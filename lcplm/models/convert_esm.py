@@ -1,14 +1,38 @@
-"""Hugging Face ESM-2 (``EsmForMaskedLM``) -> :class:`~lcplm.models.sparse_transformer.SparseGenomeLM`.
+"""Hugging Face ESM-2 (``EsmForMaskedLM``) <-> lcplm's ESM-2-architecture models.
 
-ESM-2's 33 token rows become our rows 0..32 (the ids are the same). Our own rows are
-initialised from ESM-2's: ``<sep>`` (37, between the proteins of a genome) copies ``<eos>``,
-which ends a protein in ESM-2; the graph tokens and the padding rows are zero. The output
-bias of those rows is zero. ESM-1b style models (learned absolute positions, an embedding
-LayerNorm) are refused: the genome model has rotary positions only.
+Both :class:`~lcplm.models.esm2.ESM2LM` (``model.name: esm2``, one protein per row) and
+:class:`~lcplm.models.sparse_transformer.SparseGenomeLM` (``sparse_transformer``, genome
+windows) have the parameter names of :class:`~lcplm.models.sparse_transformer.ESM2StyleLM`,
+so one mapping serves both::
 
-``python -m lcplm.models.convert_esm HF_DIR OUT.ckpt`` converts a local Hugging Face
-directory (``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin``) into an lcplm
-checkpoint that ``run.init_from`` and :func:`lcplm.train.checkpoint.load_model` read.
+    esm.embeddings.word_embeddings.weight               (33, d)  -> embed.weight (rows 0..32)
+    esm.encoder.layer.{i}.attention.LayerNorm.*                  -> layers.{i}.attn_norm.*
+    esm.encoder.layer.{i}.attention.self.{query,key,value}.*     -> layers.{i}.qkv.* (stacked q, k, v)
+    esm.encoder.layer.{i}.attention.output.dense.*               -> layers.{i}.out.*
+    esm.encoder.layer.{i}.LayerNorm.*                            -> layers.{i}.ffn_norm.*
+    esm.encoder.layer.{i}.intermediate.dense.*                   -> layers.{i}.fc1.*
+    esm.encoder.layer.{i}.output.dense.*                         -> layers.{i}.fc2.*
+    esm.encoder.emb_layer_norm_after.*                           -> final_norm.*
+    lm_head.dense.* / lm_head.layer_norm.*                       -> head_dense.* / head_norm.*
+    lm_head.decoder.weight (tied unless tie_word_embeddings=false) -> decoder.weight
+    lm_head.bias                                        (33,)    -> head_bias (rows 0..32)
+
+Vocabulary: ESM-2's 33 token rows are our rows 0..32 (the ids are the same). ``esm2`` models
+have exactly those 33 rows by default, so HF -> ours -> HF and ours -> HF -> ours are exact.
+Tables with more rows (the genome model's 40) get lcplm's own rows on import: ``<sep>`` (37)
+copies ``<eos>``, the graph tokens and padding rows are zero, their output bias zero; export
+drops them. ESM-1b style models (learned absolute positions, an embedding LayerNorm) are
+refused: these models have rotary positions only.
+
+Export (:func:`save_hf_directory`) writes a directory that ``transformers.EsmForMaskedLM.
+from_pretrained`` and ``AutoTokenizer`` read without remote code: ``config.json``,
+``model.safetensors`` (the rotary ``inv_freq`` buffers Hugging Face stores; ESM's contact head,
+which lcplm does not train, as zeros), and ESM-2's ``vocab.txt`` + tokenizer config.
+
+``python -m lcplm.models.convert_esm HF_DIR OUT.ckpt [--model esm2]`` (also ``lcplm convert
+esm-to-genome`` / ``esm-to-esm2``) converts a local Hugging Face directory into an lcplm
+checkpoint that ``run.init_from`` and :func:`lcplm.train.checkpoint.load_model` read; ``lcplm
+convert ours-to-esm RUN.ckpt OUT_DIR`` goes back.
 """
 
 from __future__ import annotations
@@ -17,25 +41,36 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import torch
 
 from lcplm.data import tokenizer
 from lcplm.errors import UserError
-from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
+from lcplm.files import atomic_write_bytes, atomic_write_text, atomic_write_with
+from lcplm.models.esm2 import ESM2Config, ESM2LM
+from lcplm.models.sparse_transformer import ESM2StyleLM, SparseGenomeLM, SparseTransformerConfig
 
 ESM_VOCAB = 33
+HF_ROTARY_BASE = 10000.0  # transformers' EsmRotaryEmbedding has no base option
 _LAYER = "esm.encoder.layer.{i}."
+TARGETS = {"sparse_transformer": (SparseTransformerConfig, SparseGenomeLM), "esm2": (ESM2Config, ESM2LM)}
+ESMConfig = Union[SparseTransformerConfig, ESM2Config]
 
 
-def config_from_hf(hf_config: Any, **overrides: Any) -> SparseTransformerConfig:
-    """Our config from a transformers ``EsmConfig`` (or its ``config.json`` as a dict)."""
+# ----------------------------------------------------------------------------- Hugging Face -> ours
+
+
+def config_from_hf(hf_config: Any, model: str = "sparse_transformer", **overrides: Any) -> ESMConfig:
+    """Our config (``model``: sparse_transformer or esm2) from a transformers ``EsmConfig``
+    (or its ``config.json`` as a dict)."""
     c = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
+    if model not in TARGETS:
+        raise UserError(f"ESM conversion target must be one of {sorted(TARGETS)}, got {model!r}")
     if c.get("position_embedding_type", "absolute") != "rotary":
         raise UserError(
             f"ESM config has position_embedding_type={c.get('position_embedding_type')!r}: "
-            "only ESM-2 (rotary) models convert to the genome transformer"
+            "only ESM-2 (rotary) models convert"
         )
     if c.get("emb_layer_norm_before"):
         raise UserError("ESM config has emb_layer_norm_before=true (ESM-1b): only ESM-2 models convert")
@@ -43,7 +78,8 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> SparseTransformerConfig:
         raise UserError(f"ESM config has vocab_size={c.get('vocab_size')}, expected ESM-2's {ESM_VOCAB}")
     if c.get("hidden_act", "gelu") != "gelu":
         raise UserError(f"ESM config has hidden_act={c.get('hidden_act')!r}, expected 'gelu'")
-    cfg = SparseTransformerConfig(
+    cfg_cls = TARGETS[model][0]
+    cfg = cfg_cls(
         num_layers=int(c["num_hidden_layers"]),
         hidden=int(c["hidden_size"]),
         heads=int(c["num_attention_heads"]),
@@ -59,13 +95,13 @@ def _extend_rows(esm_rows: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """(33, ...) -> (vocab_size, ...): ESM rows kept, <sep> from <eos>, other new rows zero."""
     out = esm_rows.new_zeros((vocab_size,) + tuple(esm_rows.shape[1:]))
     out[:ESM_VOCAB] = esm_rows
-    if esm_rows.dim() > 1:
+    if esm_rows.dim() > 1 and vocab_size > tokenizer.SEP:
         out[tokenizer.SEP] = esm_rows[tokenizer.EOS]
     return out
 
 
-def convert_state_dict(hf_state: Mapping[str, torch.Tensor], cfg: SparseTransformerConfig) -> dict[str, torch.Tensor]:
-    """Map an ``EsmForMaskedLM`` state dict onto :class:`SparseGenomeLM`'s parameter names."""
+def convert_state_dict(hf_state: Mapping[str, torch.Tensor], cfg: ESMConfig) -> dict[str, torch.Tensor]:
+    """Map an ``EsmForMaskedLM`` state dict onto :class:`ESM2StyleLM`'s parameter names."""
     s = {k: v for k, v in hf_state.items()}
 
     def take(key: str) -> torch.Tensor:
@@ -103,15 +139,19 @@ def convert_state_dict(hf_state: Mapping[str, torch.Tensor], cfg: SparseTransfor
     return out
 
 
-def from_hf_esm(hf_model: Any, **overrides: Any) -> SparseGenomeLM:
-    """A :class:`SparseGenomeLM` with the weights of a transformers ``EsmForMaskedLM``."""
-    cfg = config_from_hf(hf_model.config, **overrides)
-    model = SparseGenomeLM(cfg)
-    model.load_state_dict(convert_state_dict(hf_model.state_dict(), cfg))
-    return model.eval()
+def _build(hf_config: Any, state: Mapping[str, torch.Tensor], model: str, overrides: dict) -> ESM2StyleLM:
+    cfg = config_from_hf(hf_config, model, **overrides)
+    net = TARGETS[model][1](cfg)
+    net.load_state_dict(convert_state_dict(state, cfg))
+    return net.eval()
 
 
-def load_hf_directory(path: str | Path, **overrides: Any) -> SparseGenomeLM:
+def from_hf_esm(hf_model: Any, model: str = "sparse_transformer", **overrides: Any) -> ESM2StyleLM:
+    """Our ``model`` (sparse_transformer or esm2) with the weights of a transformers ``EsmForMaskedLM``."""
+    return _build(hf_model.config, hf_model.state_dict(), model, overrides)
+
+
+def load_hf_directory(path: str | Path, model: str = "sparse_transformer", **overrides: Any) -> ESM2StyleLM:
     """Convert a local Hugging Face ESM-2 directory (no transformers import, no download)."""
     path = Path(path)
     cfg_file = path / "config.json"
@@ -129,37 +169,139 @@ def load_hf_directory(path: str | Path, **overrides: Any) -> SparseGenomeLM:
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise UserError(f"{path}: neither model.safetensors nor pytorch_model.bin found")
-    cfg = config_from_hf(hf_cfg, **overrides)
-    model = SparseGenomeLM(cfg)
-    model.load_state_dict(convert_state_dict(state, cfg))
-    return model.eval()
+    return _build(hf_cfg, state, model, overrides)
 
 
-def save_lcplm_checkpoint(model: SparseGenomeLM, path: str | Path) -> None:
+# ----------------------------------------------------------------------------- ours -> Hugging Face
+
+
+def _require_hf_expressible(cfg: ESMConfig) -> None:
+    if cfg.rotary_base != HF_ROTARY_BASE:
+        raise UserError(
+            f"model.rotary_base is {cfg.rotary_base}: Hugging Face ESM-2 has rotary base {HF_ROTARY_BASE:g} only"
+        )
+
+
+def config_to_hf(cfg: ESMConfig) -> dict:
+    """``config.json`` of ``EsmForMaskedLM`` for our model (transformers reads it without remote code)."""
+    _require_hf_expressible(cfg)
+    return {
+        "architectures": ["EsmForMaskedLM"],
+        "model_type": "esm",
+        "vocab_size": ESM_VOCAB,
+        "hidden_size": cfg.hidden,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.heads,
+        "intermediate_size": cfg.ffn,
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": 1026,  # ESM-2's value; rotary positions do not use it
+        "initializer_range": cfg.init_std,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "position_embedding_type": "rotary",
+        "emb_layer_norm_before": False,
+        "token_dropout": cfg.token_dropout,
+        "mask_token_id": tokenizer.MASK,
+        "pad_token_id": tokenizer.PAD,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "is_folding_model": False,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg: ESMConfig) -> dict[str, torch.Tensor]:
+    """Our state dict in ``EsmForMaskedLM``'s names (rows 0..32; the inverse of :func:`convert_state_dict`)."""
+    _require_hf_expressible(cfg)
+
+    def get(key: str) -> torch.Tensor:
+        if key not in state:
+            raise UserError(f"lcplm checkpoint: missing weight {key!r} (not an ESM-2-architecture model?)")
+        return state[key].detach().clone().contiguous()
+
+    d, head_dim = cfg.hidden, cfg.hidden // cfg.heads
+    inv_freq = 1.0 / (HF_ROTARY_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    out: dict[str, torch.Tensor] = {"esm.embeddings.word_embeddings.weight": get("embed.weight")[:ESM_VOCAB].clone()}
+    for i in range(cfg.num_layers):
+        p, o = _LAYER.format(i=i), f"layers.{i}."
+        out[p + "attention.LayerNorm.weight"] = get(o + "attn_norm.weight")
+        out[p + "attention.LayerNorm.bias"] = get(o + "attn_norm.bias")
+        for part in ("weight", "bias"):
+            for n, t in zip(("query", "key", "value"), get(o + f"qkv.{part}").split(d)):
+                out[p + f"attention.self.{n}.{part}"] = t.clone()
+            out[p + f"attention.output.dense.{part}"] = get(o + f"out.{part}")
+            out[p + f"LayerNorm.{part}"] = get(o + f"ffn_norm.{part}")
+            out[p + f"intermediate.dense.{part}"] = get(o + f"fc1.{part}")
+            out[p + f"output.dense.{part}"] = get(o + f"fc2.{part}")
+        out[p + "attention.self.rotary_embeddings.inv_freq"] = inv_freq.clone()
+    for part in ("weight", "bias"):
+        out[f"esm.encoder.emb_layer_norm_after.{part}"] = get(f"final_norm.{part}")
+        out[f"lm_head.dense.{part}"] = get(f"head_dense.{part}")
+        out[f"lm_head.layer_norm.{part}"] = get(f"head_norm.{part}")
+    # ESM's contact head (logistic regression over attention maps) is not trained by lcplm
+    out["esm.contact_head.regression.weight"] = torch.zeros(1, cfg.num_layers * cfg.heads)
+    out["esm.contact_head.regression.bias"] = torch.zeros(1)
+    out["lm_head.decoder.weight"] = get("decoder.weight")[:ESM_VOCAB].clone()
+    out["lm_head.bias"] = get("head_bias")[:ESM_VOCAB].clone()
+    return out
+
+
+def save_hf_directory(model: ESM2StyleLM, out_dir: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face ESM-2 directory (config, safetensors weights, tokenizer files)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = state_dict_to_hf(model.state_dict(), model.cfg)
+    atomic_write_text(out_dir / "config.json", json.dumps(config_to_hf(model.cfg), indent=2) + "\n")
+    atomic_write_bytes(out_dir / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt"}))
+    atomic_write_text(out_dir / "vocab.txt", "\n".join(tokenizer.ESM_TOKENS) + "\n")
+    atomic_write_text(
+        out_dir / "tokenizer_config.json",
+        json.dumps({"tokenizer_class": "EsmTokenizer", "model_max_length": 1024}, indent=2) + "\n",
+    )
+    atomic_write_text(
+        out_dir / "special_tokens_map.json",
+        json.dumps({"cls_token": "<cls>", "eos_token": "<eos>", "mask_token": "<mask>", "pad_token": "<pad>",
+                    "unk_token": "<unk>"}, indent=2) + "\n",
+    )
+    return out_dir / "model.safetensors"
+
+
+# ----------------------------------------------------------------------------- lcplm checkpoints
+
+
+def save_lcplm_checkpoint(model: ESM2StyleLM, path: str | Path) -> None:
     """Write ``model`` as an lcplm checkpoint (what ``run.init_from`` and ``load_model`` read)."""
     from lcplm.config import PretrainConfig, to_dict
 
     # data as a plain {"name": ...}: models never import the (Lightning) datamodules
-    config = to_dict(PretrainConfig(model=model.cfg, data={"name": "genome"}))
+    data = {"name": "genome"} if isinstance(model, SparseGenomeLM) else {"name": "fasta"}
+    config = to_dict(PretrainConfig(model=model.cfg, data=data))
     state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, path)
+    atomic_write_with(path, lambda f: torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, f))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], model: str | None = None, prog: str = "python -m lcplm.models.convert_esm") -> int:
+    """HF directory -> lcplm checkpoint; ``model`` fixes the target (else ``--model``)."""
     p = argparse.ArgumentParser(
-        prog="python -m lcplm.models.convert_esm",
-        description="Convert a local Hugging Face ESM-2 directory into an lcplm genome-transformer checkpoint.",
+        prog=prog,
+        description="Convert a local Hugging Face ESM-2 directory into an lcplm checkpoint "
+        "(the genome transformer, or model.name esm2).",
     )
     p.add_argument("hf_dir", help="directory with config.json and model.safetensors / pytorch_model.bin")
     p.add_argument("out", help="output .ckpt (use it as run.init_from)")
+    if model is None:
+        p.add_argument("--model", default="sparse_transformer", choices=sorted(TARGETS),
+                       help="target model (default %(default)s: the genome transformer)")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "reference", "dense"])
     ns = p.parse_args(argv)
-    model = load_hf_directory(ns.hf_dir, attention_backend=ns.attention_backend)
-    save_lcplm_checkpoint(model, ns.out)
-    n = sum(t.numel() for t in model.parameters())
-    print(f"wrote {ns.out}: {model.cfg.num_layers} layers, hidden {model.cfg.hidden}, {n / 1e6:.1f}M parameters")
+    net = load_hf_directory(ns.hf_dir, model or ns.model, attention_backend=ns.attention_backend)
+    save_lcplm_checkpoint(net, ns.out)
+    n = sum(t.numel() for t in net.parameters())
+    print(f"wrote {ns.out}: {net.cfg.name}, {net.cfg.num_layers} layers, hidden {net.cfg.hidden}, {n / 1e6:.1f}M parameters")
     return 0
 
 

@@ -15,10 +15,16 @@ layers and heads (``lcplm.models.backends``); nothing of size L x L is formed by
 ``kernel`` backend (``auto`` picks it on CUDA, and on CPU once L x L scores stop being small). Rotary positions are token offsets inside the whole window
 (``positions="genome"``) or inside each protein (``"protein"``); rotary scores depend only on
 i - j, so attention inside a protein is the same either way and equals ESM-2 on that protein
-alone; they differ only across proteins (genomic distance in tokens, or none).
+alone; they differ only across proteins (genomic distance in tokens, or none). Genome windows
+frame every protein ``<cls> P <eos>`` (``lcplm.data.genomes``), so under the single-protein
+pair source every protein's logits are ESM-2's on that protein.
+
+The network itself (:class:`ESM2StyleLM`) is shared with the stage-1 ESM-2 model
+(``lcplm.models.esm2``): one block, one attention dispatch, one set of parameter names.
 
 Vocabulary: our ids 0..32 are ESM-2's 33 tokens (``lcplm.models.convert_esm`` copies those
-rows); the rows after them (graph tokens, ``<sep>`` = 37, padding rows) are lcplm's own.
+rows); the rows after them (graph tokens, ``<sep>`` = 37 (no longer in windows), padding rows) are
+lcplm's own.
 """
 
 from __future__ import annotations
@@ -146,27 +152,32 @@ class SparseTransformerBlock(nn.Module):
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ffn_norm(x)))))
 
 
-class SparseGenomeLM(nn.Module):
-    """ESM-2-style masked LM over genome windows with pair-source sparse attention.
+class ESM2StyleLM(nn.Module):
+    """ESM-2's network over tokens grouped into proteins: the part both ESM-2 models share.
 
-    forward(input_ids (B, L), lengths (B,), pid (B, L), allowed (B, P, P)) -> logits (B, L, V).
-    Without ``pid`` each row is one protein (tokens before ``lengths``; ESM-2 on a batch of
-    proteins); without ``allowed`` all pairs of proteins are allowed.
+    Embedding with ESM-2's token dropout (per protein), pre-LN rotary layers
+    (:class:`SparseTransformerBlock`) under a protein-pair pattern (``pid``, ``allowed``,
+    through ``lcplm.models.backends``), final LayerNorm, ESM-2's LM head. Subclasses map their
+    own inputs onto ``pid`` (B, L), ``allowed`` (B, P, P) and rotary ``positions`` ((L,) or
+    (B, L)) and call :meth:`_hidden`: :class:`SparseGenomeLM` (genome windows under a pair
+    source) and :class:`lcplm.models.esm2.ESM2LM` (one protein per row, or packed). Both
+    have the same parameter names, which ``lcplm.models.convert_esm`` maps to ESM-2's.
+
+    ``cfg`` needs: num_layers, hidden, heads, ffn, vocab_size, tie_embeddings, token_dropout,
+    layer_norm_eps, dropout, rotary_base, activation_checkpointing, attention_backend, init_std.
     """
 
-    def __init__(self, cfg: SparseTransformerConfig):
+    def __init__(self, cfg, min_vocab: int = tokenizer.VOCAB_SIZE):
         super().__init__()
         if cfg.hidden % cfg.heads or (cfg.hidden // cfg.heads) % 2:
             raise UserError(f"model: hidden ({cfg.hidden}) must split into {cfg.heads} heads of even size")
-        if cfg.positions not in ("genome", "protein"):
-            raise UserError(f"model.positions must be 'genome' or 'protein', got {cfg.positions!r}")
         if cfg.attention_backend not in backends.SPARSE_ATTENTION_BACKENDS:
             raise UserError(
                 f"model.attention_backend must be one of {list(backends.SPARSE_ATTENTION_BACKENDS)}, "
                 f"got {cfg.attention_backend!r}"
             )
-        if cfg.vocab_size < tokenizer.VOCAB_SIZE:
-            raise UserError(f"model.vocab_size must be >= {tokenizer.VOCAB_SIZE}, got {cfg.vocab_size}")
+        if cfg.vocab_size < min_vocab:
+            raise UserError(f"model.vocab_size must be >= {min_vocab}, got {cfg.vocab_size}")
         self.cfg = cfg
         d = cfg.hidden
         self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=tokenizer.PAD)
@@ -196,6 +207,56 @@ class SparseGenomeLM(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.zeros_(self.head_bias)
 
+    def _embed(self, input_ids: torch.Tensor, pid: torch.Tensor, P: int) -> torch.Tensor:
+        x = self.embed(input_ids)
+        valid = pid >= 0
+        if self.cfg.token_dropout:
+            is_mask = input_ids == tokenizer.MASK
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            B = input_ids.shape[0]
+            flat = (pid.clamp_min(0) + P * torch.arange(B, device=pid.device)[:, None])[valid]
+            n_tok = torch.zeros(B * P, device=x.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+            n_mask = torch.zeros(B * P, device=x.device).index_add_(0, flat, is_mask[valid].float())
+            scale = (1 - ESM_MASK_RATIO_TRAIN) / (1 - n_mask / n_tok.clamp_min(1))
+            tok_scale = torch.ones(input_ids.shape, device=x.device)
+            tok_scale[valid] = scale[flat]
+            x = x * tok_scale.unsqueeze(-1).to(x.dtype)
+        return x * valid.unsqueeze(-1).to(x.dtype)
+
+    def _hidden(
+        self, input_ids: torch.Tensor, pid: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor,
+        mass: Optional[list] = None,
+    ) -> torch.Tensor:
+        """Hidden states after the final LayerNorm (B, L, hidden); ``mass`` collects each
+        layer's :func:`protein_pair_mass` when given."""
+        x = self._embed(input_ids, pid, allowed.shape[-1])
+        cos, sin = rotary_tables(positions, self.cfg.hidden // self.cfg.heads, self.cfg.rotary_base, x.dtype)
+        layout = backends.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
+        for layer in self.layers:
+            if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and mass is None:
+                x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, layout, mass)
+        return self.final_norm(x)
+
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, L, hidden) -> (B, L, vocab_size)."""
+        return self.decoder(self.head_norm(F.gelu(self.head_dense(h)))) + self.head_bias
+
+
+class SparseGenomeLM(ESM2StyleLM):
+    """ESM-2-style masked LM over genome windows with pair-source sparse attention.
+
+    forward(input_ids (B, L), lengths (B,), pid (B, L), allowed (B, P, P)) -> logits (B, L, V).
+    Without ``pid`` each row is one protein (tokens before ``lengths``; ESM-2 on a batch of
+    proteins); without ``allowed`` all pairs of proteins are allowed.
+    """
+
+    def __init__(self, cfg: SparseTransformerConfig):
+        if cfg.positions not in ("genome", "protein"):
+            raise UserError(f"model.positions must be 'genome' or 'protein', got {cfg.positions!r}")
+        super().__init__(cfg)
+
     # ------------------------------------------------------------------ inputs
 
     def _inputs(self, input_ids: torch.Tensor, lengths, pid, allowed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,42 +276,15 @@ class SparseGenomeLM(nn.Module):
             allowed = torch.ones(B, max(P, 1), max(P, 1), dtype=torch.bool, device=input_ids.device)
         return pid, allowed.bool()
 
-    def _embed(self, input_ids: torch.Tensor, pid: torch.Tensor, P: int) -> torch.Tensor:
-        x = self.embed(input_ids)
-        valid = pid >= 0
-        if self.cfg.token_dropout:
-            is_mask = input_ids == tokenizer.MASK
-            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
-            B = input_ids.shape[0]
-            flat = (pid.clamp_min(0) + P * torch.arange(B, device=pid.device)[:, None])[valid]
-            n_tok = torch.zeros(B * P, device=x.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
-            n_mask = torch.zeros(B * P, device=x.device).index_add_(0, flat, is_mask[valid].float())
-            scale = (1 - ESM_MASK_RATIO_TRAIN) / (1 - n_mask / n_tok.clamp_min(1))
-            tok_scale = torch.ones(input_ids.shape, device=x.device)
-            tok_scale[valid] = scale[flat]
-            x = x * tok_scale.unsqueeze(-1).to(x.dtype)
-        return x * valid.unsqueeze(-1).to(x.dtype)
-
-    def _rotary(self, pid: torch.Tensor, L: int, dtype: torch.dtype):
-        if self.cfg.positions == "protein":
-            pos = protein_positions(pid)
-        else:
-            pos = torch.arange(L, device=pid.device)
-        return rotary_tables(pos, self.cfg.hidden // self.cfg.heads, self.cfg.rotary_base, dtype)
-
     # ------------------------------------------------------------------ passes
 
     def _run(self, input_ids, lengths, pid, allowed, mass: Optional[list] = None) -> torch.Tensor:
         pid, allowed = self._inputs(input_ids, lengths, pid, allowed)
-        x = self._embed(input_ids, pid, allowed.shape[-1])
-        cos, sin = self._rotary(pid, input_ids.shape[1], x.dtype)
-        layout = backends.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
-        for layer in self.layers:
-            if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled() and mass is None:
-                x = checkpoint(layer, x, cos, sin, layout, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, layout, mass)
-        return self.final_norm(x)
+        if self.cfg.positions == "protein":
+            positions = protein_positions(pid)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=pid.device)
+        return self._hidden(input_ids, pid, allowed, positions, mass)
 
     def encode(
         self,
@@ -261,10 +295,6 @@ class SparseGenomeLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states after the final LayerNorm: (B, L, hidden)."""
         return self._run(input_ids, lengths, pid, allowed)
-
-    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, L, hidden) -> (B, L, vocab_size)."""
-        return self.decoder(self.head_norm(F.gelu(self.head_dense(h)))) + self.head_bias
 
     def forward(
         self,

@@ -148,9 +148,10 @@ def unigram_baseline(datamodule, max_batches: int = 2000) -> dict[str, float]:
 def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     """Train per ``cfg``; returns (and writes to results.json) the final numbers."""
     import lightning as L
+    from lightning.pytorch.utilities import rank_zero_info
 
     from lcplm.data.datamodules import build_datamodule
-    from lcplm.models import build_model
+    from lcplm.models import build_model, parameter_line
     from lcplm.tasks.mlm import MLMTask
     from lcplm.train.checkpoint import load_weights
 
@@ -160,6 +161,7 @@ def train(cfg: PretrainConfig, extra_callbacks: list | None = None) -> dict[str,
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, seed=cfg.run.seed)
     model = build_model(cfg.model)
+    rank_zero_info(parameter_line(model, cfg.model))  # one line, to size equal-parameter comparisons
     if cfg.run.init_from and ckpt_path is None:
         if not Path(cfg.run.init_from).is_file():
             raise UserError(

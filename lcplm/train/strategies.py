@@ -47,6 +47,7 @@ from lcplm.train.checkpoint_io import AtomicCheckpointIO
 BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
     "bimamba": ("lcplm.models.bimamba:BiMambaBlock",),
     "sparse_transformer": ("lcplm.models.sparse_transformer:SparseTransformerBlock",),
+    "esm2": ("lcplm.models.sparse_transformer:SparseTransformerBlock",),
 }
 
 # FSDP2 all-gathers parameters in this dtype under bf16 mixed precision. BiMamba-S keeps
@@ -55,6 +56,7 @@ BLOCK_CLASSES: dict[str, tuple[str, ...]] = {
 FSDP2_PARAM_DTYPE: dict[str, Optional[torch.dtype]] = {
     "bimamba": None,
     "sparse_transformer": torch.bfloat16,
+    "esm2": torch.bfloat16,
 }
 
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp2")

@@ -230,10 +230,11 @@ def test_window_tokens_and_pid_of_special_tokens():
     g = _genome([3, 2, 4])
     (w,) = genome_windows(g, 100)
     ids, pid = w.input_ids.tolist(), w.pid.tolist()
-    assert ids[0] == tokenizer.CLS and ids[-1] == tokenizer.EOS
-    assert [i for i, t in enumerate(ids) if t == tokenizer.SEP] == [4, 7]
-    # <cls> -> first protein, <sep> -> the protein before it, <eos> -> the last protein
-    assert pid == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    # every protein framed <cls> P <eos> as ESM-2 frames a sequence; its specials are its own
+    assert [i for i, t in enumerate(ids) if t == tokenizer.CLS] == [0, 5, 9]
+    assert [i for i, t in enumerate(ids) if t == tokenizer.EOS] == [4, 8, 14]
+    assert tokenizer.SEP not in ids
+    assert pid == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
     assert tokenizer.decode(w.input_ids, skip_special_tokens=True) == "".join(p.sequence for p in g.proteins)
     mask = protein_residue_mask(w.input_ids, w.pid, 3)
     assert mask.sum(1).tolist() == [3, 2, 4]
@@ -250,13 +251,12 @@ def test_windows_split_only_at_protein_boundaries(seed):
     for w in windows:
         assert len(w) <= max_tokens
         ids = w.input_ids
-        assert ids[0] == tokenizer.CLS and ids[-1] == tokenizer.EOS
-        assert int((ids == tokenizer.SEP).sum()) == len(w.proteins) - 1
-        assert int((ids == tokenizer.CLS).sum()) == 1 and int((ids == tokenizer.EOS).sum()) == 1
         assert torch.equal(w.pid, torch.sort(w.pid).values) and int(w.pid.min()) == 0
         assert int(w.pid.max()) == len(w.proteins) - 1
         for k, p in enumerate(w.proteins):
-            got = tokenizer.decode(ids[(w.pid == k) & tokenizer.is_residue(ids)])
+            own = ids[w.pid == k]
+            assert own[0] == tokenizer.CLS and own[-1] == tokenizer.EOS  # ESM-2's framing, per protein
+            got = tokenizer.decode(own[1:-1])
             assert got == p.sequence[: max_tokens - 2]  # whole proteins, cropped only when too long
             assert (p.protein_id in w.cropped) == (len(p.sequence) > max_tokens - 2)
         seen += w.protein_ids
@@ -264,7 +264,7 @@ def test_windows_split_only_at_protein_boundaries(seed):
     assert seen == [p.protein_id for p in g.proteins]  # every protein once, in genome order
     # greedy: the next window's first protein would not have fitted in the previous window
     for a, b in zip(windows, windows[1:]):
-        nxt = min(len(b.proteins[0].sequence), max_tokens - 2) + 1
+        nxt = min(len(b.proteins[0].sequence), max_tokens - 2) + 2
         assert len(a) + nxt > max_tokens
 
 

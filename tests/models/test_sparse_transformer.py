@@ -133,6 +133,37 @@ def test_esm2_parity_padded_batch_and_untied_head():
     torch.testing.assert_close(got[1, : lengths[1], :33], alone, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend,positions", [("dense", "genome"), ("kernel", "genome"), ("dense", "protein")])
+def test_single_protein_equals_esm2_on_every_protein_of_a_window(backend, positions):
+    """The single_protein arm is the ESM-2 baseline: every protein of every window (the first
+    and the others, <mask> tokens in several) has the logits of Hugging Face ESM-2 on
+    ``<cls> P <eos>`` alone; the dense arm, same tokens, does not."""
+    from lcplm.models.convert_esm import from_hf_esm
+
+    hf = _random_hf_esm()
+    ours = from_hf_esm(hf, attention_backend=backend, positions=positions)
+    genomes = [_genome([30, 7, 55, 1, 20], "a", 11), _genome([12, 40, 3], "b", 12)]
+    plain = _batch(genomes, _single)
+    residue = tokenizer.is_residue(plain["input_ids"])
+    mask_at = [(b, i) for b, i in residue.nonzero().tolist() if i % 6 == 0]
+    batch = _batch(genomes, _single, mask_at=mask_at)
+    dense = _batch(genomes, _dense, mask_at=mask_at)
+    with torch.no_grad():
+        got = ours(**batch)
+        got_dense = ours(**dense)
+        gaps = []
+        for b, g in enumerate(genomes):
+            for k in range(len(g.proteins)):
+                sel = batch["pid"][b] == k
+                ids = batch["input_ids"][b][sel]
+                assert ids[0] == tokenizer.CLS and ids[-1] == tokenizer.EOS  # ESM-2's framing
+                want = hf(ids[None]).logits[0]
+                torch.testing.assert_close(got[b][sel][:, :33], want, rtol=0, atol=1e-4)
+                gaps.append((got_dense[b][sel][:, :33] - want).abs().max())
+    assert len(mask_at) > 10 and len(gaps) == 8
+    assert min(gaps) > 1e-3  # sensitivity: with cross-protein attention no protein is ESM-2 alone
+
+
 def test_esm2_conversion_from_directory_and_refusals(tmp_path):
     from lcplm.models.convert_esm import config_from_hf, from_hf_esm, load_hf_directory, main, save_lcplm_checkpoint
     from lcplm.train.checkpoint import load_model
@@ -265,7 +296,7 @@ def test_padding_does_not_leak_and_positions_modes():
     with torch.no_grad():
         torch.testing.assert_close(genome_pos(**batch), protein_pos(**batch), rtol=1e-4, atol=1e-5)
         assert (genome_pos(**_batch([g], _dense)) - protein_pos(**_batch([g], _dense))).abs().max() > 1e-4
-    assert protein_positions(batch["pid"])[0].tolist()[:24] == list(range(22)) + [0, 1]  # <cls> 20 residues <sep>
+    assert protein_positions(batch["pid"])[0].tolist()[:24] == list(range(22)) + [0, 1]  # <cls> 20 residues <eos>, <cls> ...
 
 
 def test_activation_checkpointing_same_loss_and_gradients():

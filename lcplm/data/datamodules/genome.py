@@ -5,6 +5,11 @@ Genomes come from GenBank files and/or protein FASTA files grouped into genomes
 protein boundaries, and each window gets its ``allowed`` protein-pair matrix from the
 configured pair source (:mod:`lcplm.data.pair_sources`). Validation holds out whole genomes.
 
+Every protein of a window is framed ``<cls> P <eos>`` whatever the pair source, so the arms of
+a pair-source comparison see the same tokens, windows and MLM targets and differ only in
+``allowed``; under ``single_protein`` the model is ESM-2 on each protein of the window (same
+logits as Hugging Face ``EsmForMaskedLM`` with the converted weights).
+
 A batch (contract)::
 
     input_ids (B, L) long   masked ids, right-padded with <pad>
@@ -54,7 +59,7 @@ class GenomeDataConfig:
     fasta: list[str] = field(default_factory=list)  # protein FASTA files, grouped into genomes by the rule
     fasta_genome_rule: str = "prodigal"  # prodigal | regex:PATTERN | file (see lcplm.data.genomes)
     protein_table: Optional[str] = None  # 'protein<TAB>genome[<TAB>order]': overrides the rule
-    max_tokens: int = 1024  # tokens per window, <cls> and <eos> included
+    max_tokens: int = 1024  # tokens per window, every protein's <cls> and <eos> included
     batch_size: int = 2  # windows per batch
     val_genomes: list[str] = field(default_factory=list)  # genome ids held out for validation
     val_fraction: float = 0.2  # without val_genomes: this share of genomes (at least one), by seed
