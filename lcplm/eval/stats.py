@@ -9,6 +9,11 @@ Plain numpy (no scipy), every function seeded, so a report is reproducible bit f
   resample takes the same sequences for both), with a two-sided bootstrap p-value.
 - :func:`sign_test` (exact binomial) and :func:`wilcoxon_signed_rank` (exact null distribution up
   to 30 pairs, normal approximation with tie correction beyond) for paired numbers across seeds.
+- :func:`paired_t_test`: Student's paired t-test (e.g. two architectures trained with the same
+  seeds, hence the same data order and masks), with the t distribution from the regularized
+  incomplete beta function.
+- :func:`diff_in_diff_bootstrap`: how much more one model's loss grows than another's from one set
+  of sequences (short) to another (long), resampling each set's sequences, paired across models.
 - :func:`holm`: Holm's step-down adjustment when one claim needs several tests at once.
 - :func:`fit_scaling_law`: ``L(N) = E + A * N**-alpha`` by profiling alpha (for a fixed alpha, E
   and A are a weighted linear least-squares fit, so only alpha is searched: a grid, then golden
@@ -76,9 +81,19 @@ class PairedResult:
     difference: Interval  # a - b
     p_value: float  # two-sided
     test: str
+    p_less: float = 1.0  # one-sided, H1: a - b < 0 (share of resamples >= 0, at least 1 / resamples)
+    p_greater: float = 1.0  # one-sided, H1: a - b > 0
 
     def as_dict(self) -> dict:
-        return {"difference": self.difference.as_dict(), "p_value": self.p_value, "test": self.test}
+        return {"difference": self.difference.as_dict(), "p_value": self.p_value, "p_less": self.p_less,
+                "p_greater": self.p_greater, "test": self.test}
+
+
+def _bootstrap_p(d: np.ndarray) -> tuple[float, float, float]:
+    """(two-sided, less, greater) p-values from bootstrap differences."""
+    floor = 1.0 / len(d)
+    p_less, p_greater = max(float((d >= 0).mean()), floor), max(float((d <= 0).mean()), floor)
+    return min(1.0, 2 * min(p_less, p_greater)), p_less, p_greater
 
 
 def paired_ratio_bootstrap(num_a: Sequence[float], den_a: Sequence[float], num_b: Sequence[float],
@@ -103,8 +118,9 @@ def paired_ratio_bootstrap(num_a: Sequence[float], den_a: Sequence[float], num_b
     d = np.concatenate(diffs)
     d = d[np.isfinite(d)]
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
-    p = min(1.0, max(2 * min(float((d <= 0).mean()), float((d >= 0).mean())), 1.0 / len(d)))
-    return PairedResult(Interval(est, float(lo), float(hi), n), p, f"paired bootstrap over {n} units, {n_boot} resamples")
+    p, p_less, p_greater = _bootstrap_p(d)
+    return PairedResult(Interval(est, float(lo), float(hi), n), p, f"paired bootstrap over {n} units, {n_boot} resamples",
+                        p_less, p_greater)
 
 
 def sign_test(diffs: Sequence[float], alternative: str = "two-sided") -> float:
@@ -176,6 +192,131 @@ def wilcoxon_signed_rank(diffs: Sequence[float], alternative: str = "two-sided")
     if alternative != "two-sided":
         raise ValueError(f"alternative must be two-sided, less or greater, got {alternative!r}")
     return min(1.0, 2 * min(p_le, p_ge))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T >= t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile of Student's t (bisection on :func:`t_sf`)."""
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if 1.0 - t_sf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class TTestResult:
+    mean_difference: Interval  # mean of a - b with a t-based interval
+    t: float
+    df: int
+    p_less: float  # one-sided: mean(a - b) < 0
+    p_greater: float  # one-sided: mean(a - b) > 0
+
+    def as_dict(self) -> dict:
+        return {"mean_difference": self.mean_difference.as_dict(), "t": self.t, "df": self.df,
+                "p_less": self.p_less, "p_greater": self.p_greater}
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Optional[TTestResult]:
+    """Paired t-test of ``a - b`` (at least 2 pairs); None with fewer. Identical pairs give p = 0.5."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    n = len(d)
+    if n < 2:
+        return None
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    df = n - 1
+    if se == 0.0:  # every pair differs by the same amount
+        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+        p_greater = 0.5 if mean == 0.0 else float(mean < 0)
+        p_less = 0.5 if mean == 0.0 else float(mean > 0)
+    else:
+        t = mean / se
+        p_greater, p_less = t_sf(t, df), t_sf(-t, df)
+    half = t_quantile((1 + level) / 2, df) * se
+    return TTestResult(Interval(mean, mean - half, mean + half, n), t, df, p_less, p_greater)
+
+
+def diff_in_diff_bootstrap(short: tuple, long: tuple, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+                           level: float = 0.95) -> Optional[PairedResult]:
+    """``(L_a(long) - L_a(short)) - (L_b(long) - L_b(short))`` with a paired bootstrap.
+
+    ``short`` and ``long`` are each ``(num_a, den_a, num_b, den_b)`` per-sequence sums over one
+    set of sequences (both models on the same sequences). Each resample draws the short and the
+    long sequences independently (two strata) and uses the same draw for both models."""
+    sa = [np.asarray(x, np.float64) for x in short]
+    la = [np.asarray(x, np.float64) for x in long]
+    if any(len(x) != len(sa[0]) for x in sa) or any(len(x) != len(la[0]) for x in la):
+        raise ValueError("paired arrays differ in length")
+    if len(sa[0]) == 0 or len(la[0]) == 0 or min(x.sum() for x in (sa[1], sa[3], la[1], la[3])) <= 0:
+        return None
+
+    def did(ws: np.ndarray, wl: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ga = (wl @ la[0]) / (wl @ la[1]) - (ws @ sa[0]) / (ws @ sa[1])
+            gb = (wl @ la[2]) / (wl @ la[3]) - (ws @ sa[2]) / (ws @ sa[3])
+        return ga - gb
+
+    est = float(did(np.ones((1, len(sa[0]))), np.ones((1, len(la[0]))))[0])
+    rng = np.random.default_rng(seed)
+    out = []
+    for reps in _chunks(n_boot, max(len(sa[0]), len(la[0]))):
+        out.append(did(_weights(rng, len(sa[0]), reps), _weights(rng, len(la[0]), reps)))
+    d = np.concatenate(out)
+    d = d[np.isfinite(d)]
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    p, p_less, p_greater = _bootstrap_p(d)
+    n = len(sa[0]) + len(la[0])
+    return PairedResult(Interval(est, float(lo), float(hi), n), p,
+                        f"difference-in-differences bootstrap over {len(sa[0])} short and {len(la[0])} long sequences, "
+                        f"{n_boot} resamples", p_less, p_greater)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -47,7 +47,8 @@ def test_paired_bootstrap_detects_a_shift_and_not_its_absence():
     assert same.difference.estimate == 0 and same.p_value == 1.0
     shifted = stats.paired_ratio_bootstrap(base - 0.1 * den, den, base, den, n_boot=2000)
     assert shifted.difference.estimate == pytest.approx(-0.1)
-    assert shifted.difference.high < 0 and shifted.p_value <= 1 / 2000 + 1e-12
+    assert shifted.difference.high < 0 and shifted.p_value <= 2 / 2000 + 1e-12
+    assert shifted.p_less == pytest.approx(1 / 2000) and shifted.p_greater == 1.0
     noise = stats.paired_ratio_bootstrap(base + rng.normal(0, 0.3, 300) * den, den, base, den, n_boot=2000)
     assert noise.difference.low < 0 < noise.difference.high and noise.p_value > 0.05
 
@@ -121,3 +122,38 @@ def test_scaling_fit_intervals_cover_the_truth_across_replicates():
 def test_scaling_fit_refuses_too_few_sizes():
     with pytest.raises(ValueError, match=">= 3 distinct"):
         stats.fit_scaling_law([1e4, 1e4, 1e5], [2.0, 2.0, 1.9])
+
+
+def test_t_distribution_and_paired_t_test_match_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 4, 9, 30):
+        for t in (-3.0, -0.5, 0.0, 0.7, 2.5, 12.0):
+            assert stats.t_sf(t, df) == pytest.approx(scipy_stats.t.sf(t, df), rel=1e-9, abs=1e-14)
+        assert stats.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-6)
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0, 1, 3), rng.normal(0.5, 1, 3)
+    r = stats.paired_t_test(a, b)
+    ref = scipy_stats.ttest_rel(a, b)
+    assert r.t == pytest.approx(ref.statistic) and r.df == 2
+    assert min(r.p_less, r.p_greater) * 2 == pytest.approx(ref.pvalue)
+    assert r.p_less == pytest.approx(scipy_stats.ttest_rel(a, b, alternative="less").pvalue)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (r.mean_difference.low, r.mean_difference.high) == pytest.approx((lo, hi))
+    assert stats.paired_t_test([1.0], [2.0]) is None
+    same = stats.paired_t_test([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])  # a constant difference of -1
+    assert same.p_less == 0.0 and same.p_greater == 1.0
+
+
+def test_difference_in_differences_finds_the_model_that_degrades_less():
+    rng = np.random.default_rng(4)
+    ns, nl = 200, 150
+    ds, dl = rng.integers(10, 40, ns).astype(float), rng.integers(100, 300, nl).astype(float)
+    base_s, base_l = rng.normal(2.0, 0.3, ns), rng.normal(2.0, 0.3, nl)
+    # model a: +0.05 nats on long sequences; model b: +0.30 nats; same short-sequence loss
+    short = (base_s * ds, ds, base_s * ds, ds)
+    long = ((base_l + 0.05) * dl, dl, (base_l + 0.30) * dl, dl)
+    r = stats.diff_in_diff_bootstrap(short, long, n_boot=1000)
+    assert r.difference.estimate == pytest.approx(-0.25)
+    assert r.difference.high < 0 and r.p_less <= 1e-3 and r.p_greater == 1.0
+    same = stats.diff_in_diff_bootstrap(short, (base_l * dl, dl, base_l * dl, dl), n_boot=300)
+    assert same.difference.estimate == 0 and same.p_value == 1.0
