@@ -17,9 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("lcplm.embed:main", "write per-sequence / per-residue embeddings of a FASTA"),
     "eval-downstream": ("lcplm.eval.downstream_cli:main", "remote homology, function, PPI link prediction"),
     "eval-lm": ("lcplm.eval.lm:main", "held-out masked-LM loss per length bin, with bootstrap intervals"),
-    "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, statistics)"),
+    "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, Swiss-Prot) and describe FASTA files"),
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 checkpoints to and from lcplm"),
+    "reproduce": ("lcplm.eval.claims.cli:main", "train, evaluate and test the papers' claims; write runs/claims/REPORT.md"),
     "params": ("lcplm.models:main", "print the parameter count of an experiment's model"),
 }
 

@@ -26,7 +26,8 @@ command again does only what is missing, and a run killed anywhere restarts clea
 
 Held-out set (fixed, length-stratified): proteins are binned by residue count at
 :data:`LENGTH_BIN_EDGES`; in each bin the ``min(per_bin, floor(max_fraction * n_bin))`` proteins
-with the smallest :func:`~lcplm.data.fasta.id_hash` of their accession are held out. The choice
+with the smallest :func:`~lcplm.data.fasta.id_hash` of ``"swissprot-heldout:" + accession`` are held
+out (salted, so the choice is independent of the training split's own validation hash). The choice
 depends on the accessions alone (not file order, not machine), every length bin is represented, and
 proteins longer than 2,048 and 4,096 residues are held out for length-extrapolation tests while
 the training set keeps at least half of each bin. The split is by accession, not by sequence
@@ -69,7 +70,10 @@ DB_FILES = tuple(f"{o}/goasp.fasta{ext}" for o in ONTOLOGIES for ext in (".pin",
 LENGTH_BIN_EDGES = (128, 256, 512, 1024, 2048, 4096)  # residues; bins (0,128], ..., (4096, inf)
 HELDOUT_PER_BIN = 1000
 HELDOUT_MAX_FRACTION = 0.5
-FORMAT_VERSION = 1  # bump when the outputs' content rules change: finished runs are then redone
+FORMAT_VERSION = 2  # bump when the outputs' content rules change: finished runs are then redone
+# The held-out choice hashes a salted accession: unsalted, it would take exactly the proteins that
+# data.val_fraction (lcplm.data.split, the same hash) picks for validation, leaving training none.
+HELDOUT_SALT = "swissprot-heldout:"
 OUTPUTS = {"all": "swissprot.fasta", "train": "train.fasta", "heldout": "heldout.fasta", "split": "split.tsv"}
 _GO = re.compile(rb"GO:\d{7}")
 
@@ -97,7 +101,7 @@ def heldout_mask(accessions: list[str], lengths: np.ndarray, per_bin: int = HELD
     """True for held-out proteins (the rule in the module docstring)."""
     if per_bin < 0 or not 0.0 <= max_fraction <= 1.0:
         raise UserError(f"need --heldout-per-bin >= 0 and --heldout-max-fraction in [0, 1], got {per_bin}, {max_fraction}")
-    hashes = np.fromiter((id_hash(a) for a in accessions), np.uint64, len(accessions))
+    hashes = np.fromiter((id_hash(HELDOUT_SALT + a) for a in accessions), np.uint64, len(accessions))
     bins = length_bins(lengths)
     out = np.zeros(len(accessions), bool)
     for b in range(len(LENGTH_BIN_EDGES) + 1):

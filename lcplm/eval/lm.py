@@ -11,8 +11,8 @@ What is measured. Each sequence is ``<cls> residues <eos>``; its length is count
 two specials included, as every length in lcplm). Bins are ``(edge[i-1], edge[i]]`` tokens, the
 first from 1; sequences longer than the last edge are counted and reported, not evaluated (choose
 the edges to reach the lengths you need, e.g. 8x the training length). With ``--per-bin N`` each
-bin keeps the N sequences with the smallest :func:`~lcplm.data.fasta.id_hash` of their id, a
-choice that depends on the ids alone. Every sequence is corrupted once, as in training (15%
+bin keeps the N sequences with the smallest :func:`~lcplm.data.fasta.id_hash` of ``"eval-lm:" + id``,
+a choice that depends on the ids alone. Every sequence is corrupted once, as in training (15%
 targets: 80% ``<mask>``, 10% random residue, 10% unchanged), by a generator seeded from
 ``(seed, position in the file, id)``: the masks are a function of the sequence, never of the batch
 it lands in, so every checkpoint sees exactly the same inputs (``mask_digest`` in the output proves
@@ -58,6 +58,8 @@ from lcplm.eval import stats
 from lcplm.files import atomic_write_text, atomic_write_with
 
 DEFAULT_BINS = (128, 256, 512, 1024, 2048)
+# --per-bin hashes salted ids: independent of the training split's validation hash (lcplm.data.split)
+PER_BIN_SALT = "eval-lm:"
 DEFAULT_OUT = "runs/eval_lm"
 
 
@@ -189,7 +191,7 @@ def build_masked_set(fasta: str, edges: Sequence[int], per_bin: Optional[int], s
     for b in range(len(edges)):
         members = np.flatnonzero(bins == b)
         if per_bin is not None and len(members) > per_bin:
-            hashes = np.asarray(index.id_hashes)[members]
+            hashes = np.fromiter((id_hash(PER_BIN_SALT + index.ids[i]) for i in members), np.uint64, len(members))
             members = members[np.lexsort((members, hashes))[:per_bin]]
         chosen.append(members)
     sel = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
