@@ -44,7 +44,7 @@ eval-downstream: install ## evaluate `make pretrain`'s checkpoint and baselines 
 data-swissprot: install ## download Debian's metastudent-data with apt and build Swiss-Prot train/held-out FASTAs in .cache/data/swissprot
 	$(PY) -m lcplm data prepare-swissprot
 
-reproduce: data-swissprot ## the papers' claims, CPU tier (~65 min on 2 cores): runs/claims/REPORT.md (ARGS="scaling --tier smoke")
+reproduce: data-swissprot ## the papers' claims, CPU tier (~80 min on 2 cores): runs/claims/REPORT.md (ARGS="scaling --tier smoke")
 	$(PY) -m lcplm reproduce $(ARGS)
 
 test: install ## run the test suite (GPU / Slurm tests skip without them)

@@ -95,7 +95,7 @@ def load_lm(path: str | Path) -> tuple[nn.Module, Any, Optional[int]]:
         if isinstance(hf, dict) and hf.get("model_type") == "esm":
             from lcplm.models.convert_esm import load_hf_directory
 
-            model = load_hf_directory(p)
+            model = load_hf_directory(p, model="esm2")  # one protein per row, as ESM-2
         else:
             from lcplm.models.convert import load_lcplm
 

@@ -41,7 +41,7 @@ def test_shipped_claims_plan_for_every_tier(cpu_plan):
 def test_cpu_tier_is_designed_as_the_issue_asks(cpu_plan):
     runs = [(a, s, cfg) for a in cpu_plan.arms.values() for p, cfg in a.planned for s in [p.overrides["run.seed"]]]
     # one token budget for every run, never cut by wall-clock time
-    assert {(cfg.trainer.max_steps, cfg.data.max_tokens, cfg.trainer.max_time_minutes) for _, _, cfg in runs} == {(1200, 4096, None)}
+    assert {(cfg.trainer.max_steps, cfg.data.max_tokens, cfg.trainer.max_time_minutes) for _, _, cfg in runs} == {(1000, 4096, None)}
     assert {cfg.data.path for _, _, cfg in runs} == {"swissprot:train"} and {cfg.data.max_length for _, _, cfg in runs} == {256}
     # scaling: >= 4 sizes per family, matched sizes within 15% of each other's parameters
     sc = cpu_plan.claims["scaling"]

@@ -17,6 +17,7 @@ from lcplm.errors import UserError
 from lcplm.eval import lm
 from lcplm.files import atomic_write_with
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
+from lcplm.models.esm2 import ESM2Config, ESM2LM
 from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -193,3 +194,28 @@ def test_bad_inputs_are_one_line(tmp_path, fasta, capsys, case, message):
     assert cli(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and message in err[-1], err  # the data line (stderr log) may precede the error
+
+
+def test_every_model_kind_and_released_layout_reads_the_same(tmp_path, fasta):
+    """Native ESM-2, unshared BiMamba, and the released LC-PLM / Hugging Face ESM-2 directories of
+    the same weights give the same per-sequence losses as their lcplm checkpoints."""
+    from lcplm.models.convert import save_lcplm
+    from lcplm.models.convert_esm import save_hf_directory
+
+    torch.manual_seed(3)
+    esm = ESM2LM(ESM2Config(num_layers=1, hidden=16, heads=2, ffn=32)).eval()
+    torch.manual_seed(4)
+    unshared = BiMambaLM(BiMambaConfig(d_model=16, n_layer=1, d_state=4, share_projections=False)).eval()
+    bim = bimamba(5)
+    save_hf_directory(esm, tmp_path / "hf_esm2")
+    save_lcplm(bim, tmp_path / "lcplm_release")
+    specs = [f"esm={write_ckpt(tmp_path / 'esm.ckpt', esm)}", f"esm_hf={tmp_path / 'hf_esm2'}",
+             f"bim={write_ckpt(tmp_path / 'bim.ckpt', bim)}", f"bim_release={tmp_path / 'lcplm_release'}",
+             f"unshared={write_ckpt(tmp_path / 'unshared.ckpt', unshared)}"]
+    res = lm.evaluate(specs, fasta, (64, 128), n_boot=200, cache_dir=str(tmp_path / "c"), log=lambda s: None)
+    m = {x["label"]: x for x in res["models"]}
+    assert [m[k]["kind"] for k in ("esm", "esm_hf", "bim", "bim_release", "unshared")] == ["esm2", "esm2", "bimamba", "bimamba", "bimamba"]
+    for a, b in (("esm", "esm_hf"), ("bim", "bim_release")):
+        np.testing.assert_allclose(m[a]["per_sequence"]["mask_nll"], m[b]["per_sequence"]["mask_nll"], rtol=1e-5, atol=1e-5)
+    assert m["esm_hf"]["training_length"] is None and m["esm"]["training_length"] == 64
+    assert all(x["overall"]["loss"] for x in res["models"])
