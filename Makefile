@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
 export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: help install pretrain pretrain-graph eval-downstream test test-fast lint fuzz bench gpu-check data clean
+.PHONY: help install pretrain pretrain-graph eval-downstream data-swissprot reproduce test test-fast lint fuzz bench gpu-check data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ pretrain-graph: install ## stage 2 (LC-PLM-G) on the shared yeast PPI graph, fro
 
 eval-downstream: install ## evaluate `make pretrain`'s checkpoint and baselines on the downstream tasks
 	$(PY) -m lcplm eval-downstream $(EVAL_CONFIG) $(ARGS)
+
+data-swissprot: install ## download Debian's metastudent-data with apt and build Swiss-Prot train/held-out FASTAs in .cache/data/swissprot
+	$(PY) -m lcplm data prepare-swissprot
+
+reproduce: data-swissprot ## the papers' claims, CPU tier (~80 min on 2 cores): runs/claims/REPORT.md (ARGS="scaling --tier smoke")
+	$(PY) -m lcplm reproduce $(ARGS)
 
 test: install ## run the test suite (GPU / Slurm tests skip without them)
 	$(PY) -m pytest -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)

@@ -16,12 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("lcplm.train.run:main", "train a model (stage 1 MLM, stage 2 graph, genome)"),
     "embed": ("lcplm.embed:main", "write per-sequence / per-residue embeddings of a FASTA"),
     "eval-downstream": ("lcplm.eval.downstream_cli:main", "remote homology, function, PPI link prediction"),
-    "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, statistics)"),
+    "eval-lm": ("lcplm.eval.lm:main", "held-out masked-LM loss per length bin, with bootstrap intervals"),
+    "data": ("lcplm.data.prepare:main", "prepare data sets (the embedded default, Swiss-Prot) and describe FASTA files"),
     "sweep": ("lcplm.train.sweep:main", "expand a grid of overrides into runs, locally or on SLURM"),
     "export": ("lcplm.models.export_cli:main", "write a model as a model directory (lcplm, LC-PLM or ESM-2 layout)"),
     "convert": ("lcplm.models.convert_cli:main", "convert LC-PLM / ESM-2 releases to and from lcplm model directories"),
     "genome": ("lcplm.eval.genome_cli:main", "genome model evaluations: pair-scores, probe, taxonomy, ppi-detection"),
     "score-variants": ("lcplm.eval.variants:main", "zero-shot variant effects on ProteinGym DMS tables (ESM-1v scores)"),
+    "reproduce": ("lcplm.eval.claims.cli:main", "train, evaluate and test the papers' claims; write runs/claims/REPORT.md"),
     "params": ("lcplm.models:main", "print the parameter count of an experiment's model"),
 }
 

