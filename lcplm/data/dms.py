@@ -23,6 +23,8 @@ that is not a number is a :class:`~lcplm.errors.UserError` naming the file and l
 from __future__ import annotations
 
 import csv
+from collections import Counter
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from lcplm.data.inputs import DECOMPRESSION_ERRORS, open_input
 from lcplm.errors import UserError
 
 STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -148,25 +151,50 @@ def _first_difference(a: str, b: str) -> str:
 
 
 def _recover_wild_type(raw, parsed, seq_col: int, offset: int, where) -> str:
-    """The first row's mutated_sequence with each mutated residue taken from a row that leaves it
-    alone (its own wild-type letter only where every row mutates it), so that a wrong wild-type
-    letter in the first row is reported on that row, not on every other row."""
+    """The first row's mutated_sequence with each residue it mutates decided by a vote: the first
+    row's own wild-type letter, and the letter at that position in every other row's
+    mutated_sequence that leaves it alone. The majority wins; on a tie, the candidate under which
+    fewer rows are inconsistent wins (then the first row's letter), so one inconsistent row, the
+    first or a later one, is the row the checks report, not its neighbours."""
     line, row = raw[0]
     first = row[seq_col].strip().upper()
     if not first:
         raise UserError(f"{where(line, row)}: empty mutated_sequence")
-    seq = list(first)
+    seq, alt = list(first), list(first)
+    others = [(other[seq_col].strip().upper(), {q - offset for _, q, _ in p}) for (_, other), p in zip(raw[1:], parsed[1:])]
     for wt, pos, _ in parsed[0]:
         i = pos - offset
         if not 0 <= i < len(seq):
             locate(parsed[0], len(seq), offset, where(line, row))  # raises, naming the position
-        seq[i] = wt
-        for (_, other), p in zip(raw[1:], parsed[1:]):
-            other_seq = other[seq_col].strip().upper()
-            if len(other_seq) == len(first) and all(q - offset != i for _, q, _ in p):
-                seq[i] = other_seq[i]
-                break
+        votes = Counter([wt.upper()])
+        votes.update(s[i] for s, touched in others if len(s) == len(first) and i not in touched)
+        best = max(votes.values())
+        seq[i] = alt[i] = wt.upper() if votes[wt.upper()] == best else votes.most_common(1)[0][0]
+        tied = sorted(a for a, n in votes.items() if n == best and a != seq[i])
+        if tied:
+            alt[i] = tied[0]
+    if alt != seq and _inconsistent_rows("".join(alt), raw, parsed, seq_col, offset) < _inconsistent_rows(
+        "".join(seq), raw, parsed, seq_col, offset
+    ):
+        return "".join(alt)
     return "".join(seq)
+
+
+def _inconsistent_rows(wild_type: str, raw, parsed, seq_col: int, offset: int) -> int:
+    """How many rows disagree with ``wild_type``: a position outside it, a wrong wild-type letter,
+    or a mutated_sequence that is not it with the row's substitutions applied."""
+    bad = 0
+    for (_, row), p in zip(raw, parsed):
+        s = list(wild_type)
+        ok = True
+        for wt, pos, mt in p:
+            i = pos - offset
+            if not 0 <= i < len(s) or wild_type[i] != wt.upper():
+                ok = False
+                break
+            s[i] = mt.upper()
+        bad += not (ok and "".join(s) == row[seq_col].strip().upper())
+    return bad
 
 
 def read_dms(path: str | Path, wild_type: Optional[str] = None, offset: int = 1) -> DMSAssay:
@@ -176,13 +204,9 @@ def read_dms(path: str | Path, wild_type: Optional[str] = None, offset: int = 1)
     ``mutated_sequence``. ``offset``: the table's number for the wild type's first residue.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: DMS table not found")
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as e:
-        raise UserError(f"{path}: cannot open ({e.strerror})") from None
-    with fh:
+    # a file, a pipe, a FIFO (bounded wait) or '-': read once, gzip allowed (lcplm.data.inputs)
+    inp = open_input(path, "DMS table")
+    with inp, io.TextIOWrapper(inp.stream, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader, None)
@@ -203,7 +227,9 @@ def read_dms(path: str | Path, wild_type: Optional[str] = None, offset: int = 1)
         except csv.Error as e:
             raise UserError(f"{path}: malformed CSV at line {reader.line_num}: {e}") from None
         except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+        except DECOMPRESSION_ERRORS as e:
+            raise UserError(f"{path}: truncated or corrupt compressed data ({type(e).__name__})") from None
     if not raw:
         raise UserError(f"{path}: no variants (a header and no rows)")
     has_seq, has_bin = "mutated_sequence" in col, "DMS_score_bin" in col

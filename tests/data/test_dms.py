@@ -57,3 +57,20 @@ def test_shared_blat_table_recovers_the_uniprot_wild_type():
     a = read_dms(shared_data("fitness", "BLAT_ECOLX_Stiffler_2015.csv"))
     assert a.wild_type == read_wild_type_fasta(shared_data("fitness", "BLAT_ECOLX.fasta"))
     assert len(a) == 4996 and len(a.sites) == 263 and set(a.score_bins.tolist()) == {0, 1}
+
+
+def test_an_inconsistent_later_row_is_blamed_not_the_first(tmp_path):
+    """Found by the fuzz suite: with two rows, a later row whose mutant text disagrees with its own
+    mutated_sequence made the wild-type recovery trust that sequence and blame row 1."""
+    from lcplm.data.dms import read_dms
+    from lcplm.errors import UserError
+
+    wt = "MKTAYIAKQR"
+    first = "MRTAYIAKQR"  # K2R
+    later = "MKTAYIAKQS"  # R10S applied, but the table says A20C (past the end)
+    p = tmp_path / "t.csv"
+    p.write_text(f"mutant,mutated_sequence,DMS_score\nK2R,{first},0.1\nA20C,{later},0.2\n")
+    with pytest.raises(UserError, match=r"line 3 \(mutant 'A20C'\): position 20 is past the end"):
+        read_dms(p)
+    p.write_text(f"mutant,mutated_sequence,DMS_score\nK2R,{first},0.1\nR10S,{later},0.2\n")
+    assert read_dms(p).wild_type == wt

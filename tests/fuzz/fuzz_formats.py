@@ -908,3 +908,94 @@ def config_case(rng: random.Random) -> Case:
     if error is not None:
         return Case({"exp.yaml": text.encode()}, error=error, options=opts, names_input=names_input, note=note)
     return Case({"exp.yaml": text.encode()}, (name, values), options=opts, note=note)
+
+
+# ----------------------------------------------------------------------------- DMS tables (ProteinGym)
+
+AA20 = "ACDEFGHIKLMNPQRSTVWY"
+DMS_DEFECTS = ["none"] * 6 + ["wt_letter", "past_end", "unknown_aa", "malformed", "score", "bin", "sequence",
+                              "fields", "no_score_column", "header_only", "empty"]
+
+
+def _dms_read(path: str, opts: dict):
+    from lcplm.data.dms import read_dms
+
+    a = read_dms(path)
+    bins = None if a.score_bins is None else a.score_bins.tolist()
+    return a.wild_type, a.mutants, [round(float(x), 6) for x in a.scores], bins
+
+
+@fuzz_format("dms", read=_dms_read)
+def dms_case(rng: random.Random) -> Case:
+    """A ProteinGym table whose wild type is recovered from row 1 (always valid); at most one
+    later row carries the defect, so the oracle knows the wild type and the failing line."""
+    wt = "".join(rng.choice(AA20) for _ in range(rng.randint(5, 60)))
+    with_bins = rng.random() < 0.5
+    defect = rng.choice(DMS_DEFECTS)
+    n_rows = rng.randint(2, 12)
+    bad_row = rng.randrange(1, n_rows)
+    rows, mutants, scores, bins = [], [], [], []
+    error: tuple[str, ...] | None = None
+    for r in range(n_rows):
+        positions = sorted(rng.sample(range(len(wt)), rng.randint(1, min(3, len(wt)))))
+        subs = [(wt[i], i + 1, rng.choice([a for a in AA20 if a != wt[i]])) for i in positions]
+        text = ":".join(f"{a}{p}{b}" for a, p, b in subs)
+        seq = list(wt)
+        for a, p, b in subs:
+            seq[p - 1] = b
+        score = f"{rng.uniform(-5, 5):.4f}"
+        b = str(rng.randint(0, 1))
+        fields = [text, "".join(seq), score] + ([b] if with_bins else [])
+        if r == bad_row and defect in ("wt_letter", "past_end", "unknown_aa", "malformed", "score", "bin", "sequence", "fields"):
+            line = r + 2
+            error = (f"line {line}",)
+            if defect == "wt_letter":
+                a, p, m = subs[0]
+                wrong = rng.choice([x for x in AA20 if x not in (a, m)])
+                fields[0] = ":".join([f"{wrong}{p}{m}"] + [f"{x}{y}{z}" for x, y, z in subs[1:]])
+            elif defect == "past_end":
+                fields[0] = f"A{len(wt) + rng.randint(1, 50)}C"
+            elif defect == "unknown_aa":
+                a, p, m = subs[0]
+                fields[0] = f"{a}{p}{rng.choice('BJOUXZ')}"
+            elif defect == "malformed":
+                fields[0] = rng.choice([f"{subs[0][0]}{subs[0][1]}", "24", "A-C", "A24C::D3E", f"{subs[0][0]}{subs[0][1]}{subs[0][2]}:"])
+            elif defect == "score":
+                fields[2] = rng.choice(["", "nan", "abc", "inf", "1.2.3"])
+            elif defect == "bin":
+                if not with_bins:
+                    error = None
+                else:
+                    fields[3] = rng.choice(["2", "-1", "0.5", "yes", ""])
+            elif defect == "sequence":
+                s = list(fields[1])
+                i = rng.randrange(len(s))
+                s[i] = rng.choice([x for x in AA20 if x != s[i]])
+                fields[1] = "".join(s)
+            elif defect == "fields":
+                fields = fields + ["extra"] if rng.random() < 0.5 else fields[:-1]
+        rows.append(fields)
+        if error is None:
+            mutants.append(text)
+            scores.append(round(float(score), 6))
+            bins.append(int(b))
+    header = ["mutant", "mutated_sequence", "DMS_score"] + (["DMS_score_bin"] if with_bins else [])
+    if defect == "no_score_column":
+        header[2] = rng.choice(["score", "DMS", "dms_score"])
+        error = ("no 'DMS_score' column",)
+    text = ",".join(header) + "\n" + "".join(",".join(f) + "\n" for f in rows)
+    if defect == "header_only":
+        text = ",".join(header) + "\n"
+        error = ("no variants",)
+    if defect == "empty":
+        text = ""
+        error = ("empty",)
+    data = text.encode()
+    if rng.random() < 0.15 and data:
+        data = b"\xef\xbb\xbf" + data  # a byte-order mark, as spreadsheet exports write
+    data, kind = compress(rng, data) if data else (data, "plain")
+    name = "assay.csv" + (".gz" if kind != "plain" else "")
+    note = f"{n_rows} rows, defect {defect} (row {bad_row + 2}), bins {with_bins}, {kind}"
+    if error is not None:
+        return Case({name: data}, error=error, note=note)
+    return Case({name: data}, (wt, mutants, scores, bins if with_bins else None), note=note)

@@ -1,5 +1,5 @@
 """The input fuzz suite in CI: generated valid and malformed FASTA, id<TAB>sequence tables,
-GenBank, ViralEmbed genomes, edge lists (pairs, STRING links and actions), action tables and
+GenBank, ViralEmbed genomes, edge lists (pairs, STRING links and actions), action tables, DMS tables and
 experiment configs, each with its expected outcome (tests/fuzz/fuzz_formats.py). ``make fuzz``
 runs 5,000 cases; set LCPLM_FUZZ_SEED to replay a run.
 """
@@ -21,7 +21,7 @@ def _verdict(report) -> str:
 
 
 def test_fuzz_readers_in_process_and_through_the_cli_entry_point(tmp_path):
-    report = run_many(360, SEED, tmp_path, cli_share=0.25)
+    report = run_many(420, SEED, tmp_path, cli_share=0.25)
     assert not report.failures, _verdict(report)
     by_format = {name: [r for r in report.results if r.format == name] for name in FORMATS}
     for name, results in by_format.items():  # the generator really makes both kinds of input
