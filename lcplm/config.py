@@ -12,6 +12,10 @@ Polymorphic sections (``model``, ``data``) carry a ``name`` that picks their dat
 :data:`SECTION_SCHEMAS`; the dataclass lives beside the code it configures and is imported
 lazily, so this module imports no models or data code. Model names and their config classes
 come from the model registry (:data:`lcplm.models.MODELS`, each class's ``config_class``).
+
+:func:`find_experiment` is how a command finds the file a user names: the path as given, else
+the same file among the experiments shipped with lcplm (:func:`experiments_dir`: the source
+checkout's ``experiments/``, or the copy a wheel carries as ``lcplm/_experiments``).
 """
 
 from __future__ import annotations
@@ -175,6 +179,37 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+def experiments_dir() -> Path:
+    """The shipped ``experiments/`` folder: the copy packaged in an installed wheel
+    (``lcplm/_experiments``, see pyproject.toml), else the source checkout's, beside the package."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "_experiments"
+    return packaged if packaged.is_dir() else package.parent / "experiments"
+
+
+def find_experiment(path: str | Path, folder: str | None = None) -> Path:
+    """The config file a user names on the command line.
+
+    The path as given when that file exists (relative to the current directory). Otherwise the
+    same file among the shipped experiments (:func:`experiments_dir`), so these work from any
+    directory, also after a wheel install: ``experiments/pretrain/tiny.yaml``,
+    ``pretrain/tiny.yaml``, ``pretrain/tiny`` and, with ``folder="pretrain"``, ``tiny``. Not
+    found anywhere: a one-line UserError naming both places.
+    """
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    root = experiments_dir()
+    parts = given.parts[1:] if given.parts[:1] == ("experiments",) else given.parts
+    if not given.is_absolute() and parts:
+        for rel in [Path(*parts)] + ([Path(folder, *parts)] if folder and len(parts) == 1 else []):
+            for candidate in (root / rel, root / rel.with_name(rel.name + ".yaml")):
+                if candidate.is_file():
+                    return candidate
+        raise UserError(f"{path}: config file not found (here, nor among the shipped experiments in {root})")
+    raise UserError(f"{path}: config file not found")
 
 
 def _read_yaml(path: Path, stack: tuple[Path, ...] = ()) -> DictConfig:

@@ -15,13 +15,11 @@ through :func:`model_class` instead of keeping tables of their own:
   precision (``None``: keep fp32);
 - ``keyword_inputs``: the keyword inputs ``forward``/``encode`` accept besides ``input_ids``.
 
-``lcplm params EXPERIMENT.yaml [key=value ...]`` prints the parameter count of an experiment's
-model (what ``lcplm pretrain`` prints when it builds one), to size equal-parameter pairs.
+``lcplm params`` (:mod:`lcplm.cli.params`) prints :func:`parameter_line` for an experiment's model.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from typing import Any
 
@@ -57,19 +55,3 @@ def count_parameters(model: nn.Module) -> int:
 def parameter_line(model: nn.Module, cfg: Any) -> str:
     """One line naming the model kind and its parameter count, e.g. ``model esm2: 89,320 parameters``."""
     return f"model {cfg.name}: {count_parameters(model):,} parameters"
-
-
-def main(argv: list[str]) -> int:
-    """``lcplm params``: build an experiment's model (on CPU, random weights) and print its count."""
-    from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
-
-    p = argparse.ArgumentParser(
-        prog="lcplm params",
-        description="Print the parameter count of an experiment's model (to size equal-parameter comparisons).",
-    )
-    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    ns = p.parse_args(argv)
-    experiment, overrides = split_file_and_overrides(ns.args)
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    print(parameter_line(build_model(cfg.model), cfg.model))
-    return 0

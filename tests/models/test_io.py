@@ -279,7 +279,7 @@ def test_lcplm_released_layout_export_loads_in_transformers(tmp_path, capsys):
     # and back through our reader
     assert_same_weights(io.from_pretrained(out, scan_backend="reference"), model)
     # LcPlm's base-model prefix has no shipped class: no auto_map rather than a broken one
-    assert cli(["convert", "ours-to-lcplm", str(tmp_path / "a.ckpt"), str(tmp_path / "base"), "--prefix", "backbone."]) == 0
+    assert cli(["convert", "to-lcplm", str(tmp_path / "a.ckpt"), str(tmp_path / "base"), "--prefix", "backbone."]) == 0
     assert "auto_map" not in json.loads((tmp_path / "base" / "config.json").read_text())
     assert not (tmp_path / "base" / "modeling_lcplm.py").exists()
 
