@@ -10,8 +10,10 @@ each dataclass's ``__post_init__`` (:func:`check_ranges`), so a config built in 
 
 Polymorphic sections (``model``, ``data``) carry a ``name`` that picks their dataclass from
 :data:`SECTION_SCHEMAS`; the dataclass lives beside the code it configures and is imported
-lazily, so this module imports no models or data code. Model names and their config classes
-come from the model registry (:data:`lcplm.models.MODELS`, each class's ``config_class``).
+lazily. Names and classes come from :mod:`lcplm.registry` (a model's config dataclass is its
+class's ``config_class``). This module is in the bottom layer with :mod:`lcplm.errors`,
+:mod:`lcplm.files` and :mod:`lcplm.registry`: every layer imports it, and it imports no other
+lcplm module (``tests/test_layers.py``).
 
 :func:`find_experiment` is how a command finds the file a user names: the path as given, else
 the same file among the experiments shipped with lcplm (:func:`experiments_dir`: the source
@@ -31,16 +33,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lcplm.errors import UserError
-from lcplm.models import MODELS
+from lcplm.registry import DATA_SOURCES, MODELS, TASKS
 
 # section -> name -> "module:Attribute[.attribute]". Each dataclass has a ``name: str`` field.
 SECTION_SCHEMAS: dict[str, dict[str, str]] = {
     "model": {name: f"{target}.config_class" for name, target in MODELS.items()},
-    "data": {
-        "fasta": "lcplm.data.datamodules.fasta:FastaDataConfig",
-        "ppi_walks": "lcplm.data.datamodules.ppi_walks:PPIWalkDataConfig",
-        "genome": "lcplm.data.datamodules.genome:GenomeDataConfig",
-    },
+    "data": dict(DATA_SOURCES),
 }
 
 
@@ -160,11 +158,9 @@ class RunConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "mlm"  # the LightningModule that trains the model (lcplm.tasks.TASKS)
+    name: str = "mlm"  # the LightningModule that trains the model (lcplm.registry.TASKS)
 
     def __post_init__(self) -> None:
-        from lcplm.tasks import TASKS
-
         if self.name not in TASKS:
             raise UserError(f"task.name must be one of {sorted(TASKS)}, got {self.name!r}")
 

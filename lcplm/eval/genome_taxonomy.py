@@ -51,7 +51,7 @@ from lcplm.data.taxonomy import (
 )
 from lcplm.errors import UserError
 from lcplm.eval.genome_probe import fit_logistic, genome_config, load_models, predict_logistic, protein_embeddings
-from lcplm.eval.metrics import cosine_silhouette, weighted_f1
+from lcplm.tasks.metrics import cosine_silhouette, weighted_f1
 from lcplm.files import atomic_write_text
 
 FORMATS = ("auto", "genbank", "tsv", "vcontact")

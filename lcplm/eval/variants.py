@@ -38,7 +38,7 @@ by ``lcplm convert`` from LC-PLM or ESM-2), a released LC-PLM directory or a Hug
 directory; ``--random-init SEED`` keeps the architecture and draws fresh weights.
 
 Outputs in ``--out``: per assay ``<assay>.scores.csv`` (mutant, DMS_score, DMS_score_bin, score)
-and ``<assay>.json`` (metrics: :func:`lcplm.eval.metrics.proteingym_metrics`, timing, options);
+and ``<assay>.json`` (metrics: :func:`lcplm.tasks.metrics.proteingym_metrics`, timing, options);
 across assays ``summary.md`` and ``summary.json``. :func:`evaluate_assay` is the same for
 callers in Python (returns the metrics dict).
 """
@@ -437,7 +437,7 @@ def score_assay(model: nn.Module | ScoringModel | str | Path, assay: DMSAssay, m
                 max_tokens: int = 16384, device: str | torch.device = "cpu", half: bool = False,
                 progress: bool = False) -> AssayResult:
     """Score every row of ``assay`` and compute ProteinGym's metrics against its measurements."""
-    from lcplm.eval.metrics import proteingym_metrics
+    from lcplm.tasks.metrics import proteingym_metrics
 
     sm = as_scoring_model(model)
     res = score_substitutions(sm, assay.wild_type, assay.substitutions, method, context=context, window=window,

@@ -5,7 +5,8 @@ Every model class takes its config dataclass, returns logits ``[B, L, V]`` from
 with the same keyword inputs (``lengths``, ``cu_seqlens``, ``pid``, ``allowed``, ...).
 
 :data:`MODELS` is the one registry of model kinds: ``model.name`` in a config, the ``name`` in a
-model file's ``config.json``. A registered class carries its own facts, which other layers read
+model file's ``config.json`` (kept in :mod:`lcplm.registry`, so configs validate without this
+package). A registered class carries its own facts, which other layers read
 through :func:`model_class` instead of keeping tables of their own:
 
 - ``config_class``: its config dataclass (whose ``name`` default is the registry key);
@@ -26,12 +27,7 @@ from typing import Any
 from torch import nn
 
 from lcplm.errors import UserError
-
-MODELS: dict[str, str] = {
-    "bimamba": "lcplm.models.bimamba:BiMambaLM",
-    "sparse_transformer": "lcplm.models.sparse_transformer:SparseGenomeLM",
-    "esm2": "lcplm.models.esm2:ESM2LM",
-}
+from lcplm.registry import MODELS
 
 
 def model_class(name: str) -> type:

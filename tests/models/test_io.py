@@ -403,30 +403,7 @@ class _Unsafe:
         return (Path.touch, (self.target,))
 
 
-# ----------------------------------------------------------------------------- layering and writers
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (lazy imports inside functions included)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_no_module_in_lcplm_models_imports_a_higher_layer():
-    higher = ("lcplm.train", "lcplm.tasks", "lcplm.eval", "lcplm.embed", "lightning")
-    offenders = {}
-    for path in sorted((PACKAGE / "models").rglob("*.py")):
-        bad = sorted(m for m in _imported_modules(path) if m.startswith(higher) or m == "lcplm.__main__")
-        if bad:
-            offenders[str(path.relative_to(PACKAGE))] = bad
-    assert not offenders, offenders
-    for path in (PACKAGE / "models" / "hf").glob("*.py"):  # shipped code: no lcplm at all
-        assert not any(m.startswith("lcplm") for m in _imported_modules(path)), path
+# ----------------------------------------------------------------------------- writers (layering: tests/test_layers.py)
 
 
 def test_model_files_are_written_only_through_the_atomic_writer():
