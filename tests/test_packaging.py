@@ -64,3 +64,28 @@ def test_find_experiment_names_shipped_files_from_any_folder(tmp_path, monkeypat
         find_experiment(tmp_path / "absent.yaml", "pretrain")
     with pytest.raises(UserError, match="not found"):
         find_experiment("tiny")  # a bare name needs the command's folder
+
+
+def test_commands_take_shipped_experiment_names_from_any_folder(tmp_path, monkeypatch, capsys):
+    from lcplm.__main__ import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli(["params", "tiny_esm2"]) == 0
+    assert capsys.readouterr().out.startswith("model esm2: ")
+    assert cli(["params", "genome/tiny_base", "model.num_layers=1"]) == 0
+    assert capsys.readouterr().out.startswith("model sparse_transformer: ")
+    assert cli(["params", "tiny_nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lcplm params: error: tiny_nope: config file not found")
+
+
+def test_the_command_line_returns_statuses_and_dropped_convert_names_are_refused(capsys):
+    from lcplm import __version__
+    from lcplm.__main__ import main as cli
+
+    assert cli(["--version"]) == 0 and capsys.readouterr().out == f"lcplm {__version__}\n"
+    assert cli(["pretrain", "--help"]) == 0 and "lcplm pretrain" in capsys.readouterr().out
+    for old in ("lcplm-to-ours", "ours-to-lcplm", "esm-to-esm2", "esm-to-genome", "ours-to-esm"):
+        assert cli(["convert", old, "a", "b"]) == 2, old  # argparse's usage error, as a status
+        assert f"invalid choice: '{old}'" in capsys.readouterr().err
+    assert cli(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
