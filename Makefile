@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export PIP_CONSTRAINT := $(if $(TORCH_CONSTRAINT),$(abspath $(TORCH_CONSTRAINT)),)
 export LCPLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: help install pretrain pretrain-graph eval-downstream data-swissprot reproduce test test-fast lint fuzz bench gpu-check data clean
+.PHONY: help install pretrain pretrain-graph eval-downstream data-swissprot reproduce test test-fast lint fuzz wheel-check bench gpu-check data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ lint: install ## ruff (pyflakes and syntax checks) over the package, kernels, te
 
 fuzz: install ## feed 5,000 generated valid and malformed input files to every reader and CLI (ARGS="--seed N")
 	$(PY) tests/fuzz/run.py --cases 5000 $(ARGS)
+
+wheel-check: ## build the wheel, install it into a fresh virtualenv, run pretrain and embed outside the source tree (~3 min)
+	bash .ci/wheel-check
 
 bench: install ## run the CPU benchmarks (ratios printed side by side)
 	$(PY) benchmarks/run_all.py

@@ -10,8 +10,14 @@ each dataclass's ``__post_init__`` (:func:`check_ranges`), so a config built in 
 
 Polymorphic sections (``model``, ``data``) carry a ``name`` that picks their dataclass from
 :data:`SECTION_SCHEMAS`; the dataclass lives beside the code it configures and is imported
-lazily, so this module imports no models or data code. Model names and their config classes
-come from the model registry (:data:`lcplm.models.MODELS`, each class's ``config_class``).
+lazily. Names and classes come from :mod:`lcplm.registry` (a model's config dataclass is its
+class's ``config_class``). This module is in the bottom layer with :mod:`lcplm.errors`,
+:mod:`lcplm.files` and :mod:`lcplm.registry`: every layer imports it, and it imports no other
+lcplm module (``tests/test_layers.py``).
+
+:func:`find_experiment` is how a command finds the file a user names: the path as given, else
+the same file among the experiments shipped with lcplm (:func:`experiments_dir`: the source
+checkout's ``experiments/``, or the copy a wheel carries as ``lcplm/_experiments``).
 """
 
 from __future__ import annotations
@@ -27,16 +33,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lcplm.errors import UserError
-from lcplm.models import MODELS
+from lcplm.registry import DATA_SOURCES, MODELS, TASKS
 
 # section -> name -> "module:Attribute[.attribute]". Each dataclass has a ``name: str`` field.
 SECTION_SCHEMAS: dict[str, dict[str, str]] = {
     "model": {name: f"{target}.config_class" for name, target in MODELS.items()},
-    "data": {
-        "fasta": "lcplm.data.datamodules.fasta:FastaDataConfig",
-        "ppi_walks": "lcplm.data.datamodules.ppi_walks:PPIWalkDataConfig",
-        "genome": "lcplm.data.datamodules.genome:GenomeDataConfig",
-    },
+    "data": dict(DATA_SOURCES),
 }
 
 
@@ -156,11 +158,9 @@ class RunConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "mlm"  # the LightningModule that trains the model (lcplm.tasks.TASKS)
+    name: str = "mlm"  # the LightningModule that trains the model (lcplm.registry.TASKS)
 
     def __post_init__(self) -> None:
-        from lcplm.tasks import TASKS
-
         if self.name not in TASKS:
             raise UserError(f"task.name must be one of {sorted(TASKS)}, got {self.name!r}")
 
@@ -175,6 +175,37 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+def experiments_dir() -> Path:
+    """The shipped ``experiments/`` folder: the copy packaged in an installed wheel
+    (``lcplm/_experiments``, see pyproject.toml), else the source checkout's, beside the package."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "_experiments"
+    return packaged if packaged.is_dir() else package.parent / "experiments"
+
+
+def find_experiment(path: str | Path, folder: str | None = None) -> Path:
+    """The config file a user names on the command line.
+
+    The path as given when that file exists (relative to the current directory). Otherwise the
+    same file among the shipped experiments (:func:`experiments_dir`), so these work from any
+    directory, also after a wheel install: ``experiments/pretrain/tiny.yaml``,
+    ``pretrain/tiny.yaml``, ``pretrain/tiny`` and, with ``folder="pretrain"``, ``tiny``. Not
+    found anywhere: a one-line UserError naming both places.
+    """
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    root = experiments_dir()
+    parts = given.parts[1:] if given.parts[:1] == ("experiments",) else given.parts
+    if not given.is_absolute() and parts:
+        for rel in [Path(*parts)] + ([Path(folder, *parts)] if folder and len(parts) == 1 else []):
+            for candidate in (root / rel, root / rel.with_name(rel.name + ".yaml")):
+                if candidate.is_file():
+                    return candidate
+        raise UserError(f"{path}: config file not found (here, nor among the shipped experiments in {root})")
+    raise UserError(f"{path}: config file not found")
 
 
 def _read_yaml(path: Path, stack: tuple[Path, ...] = ()) -> DictConfig:

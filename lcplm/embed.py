@@ -1,4 +1,5 @@
-"""Protein embeddings from a trained encoder: ``lcplm embed`` and the extraction downstream uses.
+"""Protein embeddings from a trained encoder: :func:`embed_fasta` (``lcplm embed``, :mod:`lcplm.cli.embed`)
+and the extraction downstream uses.
 
 ``lcplm embed --checkpoint C --fasta F --out DIR [--per-residue] [--format safetensors|npy]
 [--max-tokens N] [--max-length N --long full|crop|error] [--device D] [--half]`` writes to DIR:
@@ -32,7 +33,6 @@ data's digest and the options, so ``eval-downstream`` embeds each data set once 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -322,62 +322,46 @@ def cached_mean_embeddings(model_key: str, model_factory, names: Sequence[str], 
     return result.mean
 
 
-# ------------------------------------------------------------------------------------------
-# CLI
-# ------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lcplm embed", description="Per-sequence (and per-residue) embeddings of a FASTA file.")
-    p.add_argument("--checkpoint", required=True,
-                   help="lcplm checkpoint (.ckpt, also from `lcplm convert`) or a released LC-PLM model directory")
-    p.add_argument("--fasta", required=True, help="input FASTA (plain or gzip; a pipe, FIFO or '-' for stdin)")
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--per-residue", action="store_true", help="also write per-residue embeddings")
-    p.add_argument("--format", choices=FORMATS, default="safetensors", help="array format (default safetensors)")
-    p.add_argument("--max-tokens", type=int, default=16384, help="token budget per batch, B x L (default 16384)")
-    p.add_argument("--max-length", type=int, default=None, help="residues; longer sequences follow --long")
-    p.add_argument("--long", choices=LONG_POLICIES, default="full",
-                   help="sequences over --max-length: embed whole (full, default), first N residues (crop), or stop (error)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--half", action="store_true", help="bf16 autocast on CUDA and float16 output arrays")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ns = p.parse_args(argv)
-    if ns.max_tokens < 3:
-        raise UserError(f"--max-tokens must be >= 3, got {ns.max_tokens}")
+def embed_fasta(checkpoint: str | Path, fasta: str, out_dir: str | Path, *, per_residue: bool = False,
+                fmt: str = "safetensors", max_tokens: int = 16384, max_length: Optional[int] = None,
+                long_policy: str = "full", device: str = "auto", half: bool = False,
+                progress: bool = True) -> tuple[Path, EmbeddingResult, dict[str, Any], str]:
+    """Embed every record of ``fasta`` with the model at ``checkpoint`` and write ``out_dir`` (the
+    layout in the module docstring). Returns ``(out_dir, result, meta, unk_note)``; ``unk_note``
+    is the FASTA reader's note on characters read as ``<unk>`` ("" when none)."""
     from lcplm.data.fasta import FastaCounts, iter_fasta
     from lcplm.data.inputs import is_regular_file
 
+    if max_tokens < 3:
+        raise UserError(f"--max-tokens must be >= 3, got {max_tokens}")
     counts = FastaCounts()
-    records = list(iter_fasta(ns.fasta, counts))
+    records = list(iter_fasta(fasta, counts))
     names = [r.id for r in records]
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise UserError(f"{ns.fasta}: duplicate record id {n!r} (the index would be ambiguous)")
+            raise UserError(f"{fasta}: duplicate record id {n!r} (the index would be ambiguous)")
         seen.add(n)
-    device = resolve_device(ns.device)
-    model, model_cfg = load_encoder(ns.checkpoint, map_location="cpu")
+    dev = resolve_device(device)
+    model, model_cfg = load_encoder(checkpoint, map_location="cpu")
     t0 = time.time()
-    result = embed_sequences(model, [r.sequence for r in records], names, max_tokens=ns.max_tokens,
-                             max_length=ns.max_length, long_policy=ns.long, per_residue=ns.per_residue,
-                             device=device, half=ns.half, progress=not ns.no_progress)
+    result = embed_sequences(model, [r.sequence for r in records], names, max_tokens=max_tokens,
+                             max_length=max_length, long_policy=long_policy, per_residue=per_residue,
+                             device=dev, half=half, progress=progress)
     seconds = time.time() - t0
     meta = {
-        "checkpoint": str(Path(ns.checkpoint).resolve()),
-        "checkpoint_digest": file_digest(ns.checkpoint),
-        "fasta": str(Path(ns.fasta).resolve()) if is_regular_file(ns.fasta) else ns.fasta,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_digest": file_digest(checkpoint),
+        "fasta": str(Path(fasta).resolve()) if is_regular_file(fasta) else fasta,
         "model": dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else str(model_cfg),
         "pooling": "mean over residue tokens (no <cls>/<eos>/padding/<unk>)",
-        "options": {"max_tokens": ns.max_tokens, "max_length": ns.max_length, "long": ns.long,
-                    "per_residue": ns.per_residue, "half": ns.half, "format": ns.format},
+        "options": {"max_tokens": max_tokens, "max_length": max_length, "long": long_policy,
+                    "per_residue": per_residue, "half": half, "format": fmt},
         "n_sequences": len(names),
         "n_cropped": result.n_cropped,
         "d_model": int(result.mean.shape[1]),
         "seconds": round(seconds, 3),
         "torch": torch.__version__,
     }
-    out = write_embeddings(ns.out, names, result, ns.format, ns.half, meta)
-    cropped = f"; {result.n_cropped} cropped to {ns.max_length} residues" if result.n_cropped else ""
-    print(f"lcplm embed: {len(names)} sequences, d={result.mean.shape[1]}, {seconds:.1f} s -> {out}{cropped}{counts.unk_note()}")
-    return 0
+    out = write_embeddings(out_dir, names, result, fmt, half, meta)
+    return out, result, meta, counts.unk_note()

@@ -8,9 +8,6 @@ a user's mistake too, so ``USER_ERRORS`` holds both and the CLI treats them alik
 
 from __future__ import annotations
 
-import sys
-from typing import Callable, NoReturn
-
 from lcplm_kernels.errors import BackendUnavailableError
 
 
@@ -19,14 +16,3 @@ class UserError(Exception):
 
 
 USER_ERRORS = (UserError, BackendUnavailableError)
-
-
-def run_module_main(main: Callable[[list[str]], int], prog: str) -> NoReturn:
-    """``python -m`` entry points beside the ``lcplm`` CLI: run ``main(sys.argv[1:])`` and exit
-    with its status; a :class:`UserError` (any of ``USER_ERRORS``) is one line on stderr and
-    status 2, as in the CLI."""
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except USER_ERRORS as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)

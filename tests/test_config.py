@@ -18,10 +18,10 @@ EXPERIMENTS = REPO / "experiments"
 SCHEMAS = {
     "sweeps": "lcplm.train.sweep:SweepConfig",
     "slurm": "lcplm.train.slurm:SlurmConfig",
-    "downstream": "lcplm.eval.downstream_cli:DownstreamConfig",
+    "downstream": "lcplm.eval.downstream:DownstreamConfig",
     "claims": "lcplm.eval.claims.spec:ClaimConfig",
     "claims/tiers": "lcplm.eval.claims.spec:SmokeConfig",
-    "claims/downstream": "lcplm.eval.downstream_cli:DownstreamConfig",
+    "claims/downstream": "lcplm.eval.downstream:DownstreamConfig",
     "claims/pretrain": None,  # pretraining experiments of the claims' arms
 }
 

@@ -10,7 +10,8 @@ import torch
 
 from lcplm.__main__ import main as lcplm_main
 from lcplm.data import tokenizer as tok
-from lcplm.embed import cached_mean_embeddings, embed_sequences, main, read_embeddings
+from lcplm.cli.embed import main
+from lcplm.embed import cached_mean_embeddings, embed_sequences, read_embeddings
 from lcplm.errors import UserError
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 from lcplm.models.convert import save_lcplm
@@ -154,7 +155,7 @@ def test_embed_a_converted_esm2_checkpoint(tmp_path):
                                  pad_token_id=1, mask_token_id=32, max_position_embeddings=1026)
     torch.manual_seed(0)
     transformers.EsmForMaskedLM(cfg).save_pretrained(tmp_path / "hf")
-    assert lcplm_main(["convert", "esm-to-genome", str(tmp_path / "hf"), str(tmp_path / "esm"), "--attention-backend", "dense"]) == 0
+    assert lcplm_main(["convert", "from-esm", str(tmp_path / "hf"), str(tmp_path / "esm"), "--model", "sparse_transformer", "--attention-backend", "dense"]) == 0
     fa = str(_fasta(tmp_path / "in.fa"))
     out = tmp_path / "emb"
     assert main(["--checkpoint", str(tmp_path / "esm"), "--fasta", fa, "--out", str(out), "--no-progress"]) == 0
@@ -172,7 +173,7 @@ def test_embed_a_released_lcplm_directory_and_its_conversion(tmp_path, ckpt):
     fa = str(_fasta(tmp_path / "in.fa"))
     assert main(["--checkpoint", str(tmp_path / "lcplm_release"), "--fasta", fa, "--out", str(tmp_path / "a"),
                  "--no-progress"]) == 0
-    assert lcplm_main(["convert", "lcplm-to-ours", str(tmp_path / "lcplm_release"), str(tmp_path / "conv")]) == 0
+    assert lcplm_main(["convert", "from-lcplm", str(tmp_path / "lcplm_release"), str(tmp_path / "conv")]) == 0
     assert main(["--checkpoint", str(tmp_path / "conv"), "--fasta", fa, "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 0
     direct = embed_sequences(model, list(SEQS.values()), list(SEQS)).mean

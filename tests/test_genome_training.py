@@ -79,14 +79,13 @@ def test_shipped_arm_runs_through_the_cli(tmp_path):
 def test_scored_pair_source_two_steps_and_probe(tmp_path, capsys):
     """Step 1: pair scores from a model's attention; step 2: the scored source reads them.
     Then the probe compares pair sources on held-out genomes and writes JSON + a table."""
+    from lcplm.cli.genome import main as genome_main
     from lcplm.data.datamodules.genome import GenomeDataModule
-    from lcplm.eval.genome_pair_scores import main as scores_main
-    from lcplm.eval.genome_probe import main as probe_main
 
     shared_data("genomes", "pharokka_meta_phages.gbk")
     scores = tmp_path / "scores.tsv"
     small = ["model.num_layers=1", "model.hidden=32", "model.heads=2", "model.ffn=64", "data.max_tokens=1024", "data.fasta=[]"]
-    assert scores_main([str(GENOME / "tiny_dense.yaml"), *small, "--out", str(scores)]) == 0
+    assert genome_main(["pair-scores", str(GENOME / "tiny_dense.yaml"), *small, "--out", str(scores)]) == 0
     lines = [line.split("\t") for line in scores.read_text().splitlines()[1:]]
     assert lines and all(len(x) == 3 and 0.0 <= float(x[2]) <= 1.0 for x in lines)
 
@@ -100,7 +99,7 @@ def test_scored_pair_source_two_steps_and_probe(tmp_path, capsys):
             assert (a.sum(1) >= 2).all()  # every protein keeps its top partner
 
     out = tmp_path / "probe"
-    rc = probe_main([str(GENOME / "tiny_window.yaml"), *small, "--sources", "single_protein,window", "--out", str(out)])
+    rc = genome_main(["probe", str(GENOME / "tiny_window.yaml"), *small, "--sources", "single_protein,window", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "genome_probe.json").read_text())
     rows = {r["source"]: r for r in report["rows"]}
@@ -125,14 +124,13 @@ def test_probe_logistic_regression_learns_a_separable_problem():
 
 
 def test_probe_and_scores_refuse_non_genome_configs(tmp_path):
-    from lcplm.eval.genome_pair_scores import main as scores_main
-    from lcplm.eval.genome_probe import main as probe_main
+    from lcplm.cli.genome import main as genome_main
 
     exp = tmp_path / "e.yaml"
     exp.write_text("model:\n  name: bimamba\n")
     with pytest.raises(UserError, match="genome experiment"):
-        probe_main([str(exp), "--out", str(tmp_path / "o")])
+        genome_main(["probe", str(exp), "--out", str(tmp_path / "o")])
     with pytest.raises(UserError, match="genome experiment"):
-        scores_main([str(exp), "--out", str(tmp_path / "s.tsv")])
+        genome_main(["pair-scores", str(exp), "--out", str(tmp_path / "s.tsv")])
     with pytest.raises(UserError, match="unknown pair source"):
-        probe_main([str(GENOME / "tiny_dense.yaml"), "--sources", "telepathy", "--out", str(tmp_path / "o")])
+        genome_main(["probe", str(GENOME / "tiny_dense.yaml"), "--sources", "telepathy", "--out", str(tmp_path / "o")])

@@ -15,7 +15,7 @@ attends key token j iff ``allowed[pid[i], pid[j]]``. Every source keeps the diag
                    gene-neighbourhood evidence (``neighbourhood_max_gap``): proteins in one run
                    of same-strand genes whose intergenic gaps are at most that many bp
 ``scored``         the ``top_k`` partners per protein by a pair-score file written by the
-                   model's own attention pass (``python -m lcplm.eval.genome_pair_scores``)
+                   model's own attention pass (``lcplm genome pair-scores``)
 =================  =============================================================================
 
 The static matrices come from one home, ``lcplm_kernels.block_sparse_attn.layout``
@@ -84,7 +84,7 @@ def read_pair_scores(path: Path) -> dict[frozenset[str], float]:
     if not path.is_file():
         raise UserError(
             f"{path}: pair-score file not found (write it first with "
-            "'python -m lcplm.eval.genome_pair_scores CONFIG --checkpoint CKPT --out FILE')"
+            "'lcplm genome pair-scores CONFIG --checkpoint CKPT --out FILE')"
         )
     scores: dict[frozenset[str], float] = {}
     with open(path, encoding="utf-8") as fh:

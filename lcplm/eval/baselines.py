@@ -6,7 +6,7 @@
   embedding code path), which separates what pretraining learned from what the architecture
   and the probe give for free; built by :func:`lcplm.embed.random_encoder`;
 * ESM-2: list a Hugging Face ESM-2 directory among the checkpoints (``esm2=HF_DIR``; read by
-  :func:`lcplm.models.io.from_pretrained`, or converted once with ``lcplm convert esm-to-esm2
+  :func:`lcplm.models.io.from_pretrained`, or converted once with ``lcplm convert from-esm
   HF_DIR OUT_DIR``); it is then embedded like any lcplm model.
 """
 

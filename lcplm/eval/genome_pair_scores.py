@@ -1,7 +1,7 @@
 """First pass of the ``scored`` pair source: protein-pair attention mass from a model.
 
 ``lcplm genome pair-scores EXPERIMENT.yaml --checkpoint CKPT --out FILE [--source dense]
-[key=value ...]`` (also ``python -m lcplm.eval.genome_pair_scores``)
+[key=value ...]`` (:mod:`lcplm.cli.genome`; :func:`write_pair_scores` here)
 
 Every window of the experiment's genomes (all of them, training and validation) is run
 through the model with the ``--source`` pair pattern (default dense: every pair is
@@ -14,18 +14,17 @@ and layers, and symmetrised (:meth:`SparseGenomeLM.protein_pair_attention`). The
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
-from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
+from lcplm.config import PretrainConfig
 from lcplm.data.datamodules.genome import GenomeDataConfig, load_genomes
 from lcplm.data.genomes import Genome, GenomeWindow, genome_windows
 from lcplm.data.pair_sources import PAIR_SOURCES, PairSource, build_pair_source
-from lcplm.errors import UserError, run_module_main
+from lcplm.errors import UserError
 from lcplm.files import atomic_open
 from lcplm.eval.genome_probe import genome_config, load_models
 
@@ -82,23 +81,3 @@ def write_pair_scores(cfg: PretrainConfig, checkpoint: str | None, source: str, 
             fh.write(f"{a}\t{b}\t{score:.6g}\n")
             n += 1
     return n
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lcplm genome pair-scores", description=__doc__.split("\n\n")[0])
-    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    p.add_argument("--checkpoint", default=None, help="genome model: run checkpoint or model directory (default: the config's model at random init)")
-    p.add_argument("--out", required=True, help="pair-score file to write (TSV)")
-    p.add_argument("--source", default="dense", help="pair pattern of the scoring pass (default: %(default)s)")
-    ns = p.parse_args(argv)
-    experiment, overrides = split_file_and_overrides(ns.args)
-    if experiment is None:
-        raise UserError("give an experiment file: EXPERIMENT.yaml [key=value ...]")
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    n = write_pair_scores(cfg, ns.checkpoint, ns.source, Path(ns.out), where=experiment)
-    print(f"wrote {n} protein-pair scores to {ns.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_module_main(main, "lcplm genome pair-scores")

@@ -27,7 +27,6 @@ share a window cannot be scored and are counted. Output: ``DIR/genome_ppi_detect
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -35,12 +34,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torchmetrics.functional.classification import binary_average_precision
 
-from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
+from lcplm.config import PretrainConfig
 from lcplm.data.datamodules.genome import load_genomes
 from lcplm.data.genomes import Genome, genome_windows
 from lcplm.data.edge_lists import read_edges
 from lcplm.data.pair_sources import ScoredPairs, read_pair_scores
-from lcplm.errors import UserError, run_module_main
+from lcplm.errors import UserError
 from lcplm.eval.genome_pair_scores import first_pass_source, window_pair_scores
 from lcplm.eval.genome_probe import genome_config, load_models
 from lcplm.files import atomic_write_text
@@ -220,34 +219,3 @@ def run_ppi_detection(
     atomic_write_text(out_dir / "genome_ppi_detection.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "genome_ppi_detection.md", markdown_table(row))
     return report
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lcplm genome ppi-detection", description=__doc__.split("\n\n")[0])
-    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    p.add_argument("--pairs", required=True, help="known interacting pairs: 'id1 id2 [score|label]' lines")
-    p.add_argument("--min-score", type=float, default=1.0, help="keep a known pair when its third column is >= this")
-    p.add_argument("--scores", default=None, help="pair-score file of 'lcplm genome pair-scores' (default: score here)")
-    p.add_argument("--checkpoint", default=None, help="model to score with (default: the config's model at random init)")
-    p.add_argument("--source", default="dense", help="pair pattern of the scoring pass (default: %(default)s)")
-    rule = p.add_mutually_exclusive_group()
-    rule.add_argument("--top-k", type=int, default=None, help="partners kept per protein (default: data.pair_source.top_k)")
-    rule.add_argument("--threshold", type=float, default=None, help="predict pairs with score >= this instead of top-k")
-    p.add_argument("--out", default=None, help="output directory (default: runs/genome_ppi_detection/<experiment name>)")
-    ns = p.parse_args(argv)
-    experiment, overrides = split_file_and_overrides(ns.args)
-    if experiment is None:
-        raise UserError("give an experiment file: EXPERIMENT.yaml [key=value ...]")
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    out = Path(ns.out) if ns.out else Path("runs") / "genome_ppi_detection" / Path(experiment).stem
-    report = run_ppi_detection(
-        cfg, Path(ns.pairs), out, Path(ns.scores) if ns.scores else None, ns.checkpoint, ns.source,
-        ns.top_k, ns.threshold, ns.min_score, where=experiment,
-    )
-    print(markdown_table(report["rows"][0]), end="")
-    print(f"wrote {out / 'genome_ppi_detection.json'} and {out / 'genome_ppi_detection.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_module_main(main, "lcplm genome ppi-detection")

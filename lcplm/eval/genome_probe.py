@@ -1,8 +1,8 @@
 """Genome-context evaluation: a linear probe of PHROG function categories.
 
 ``lcplm genome probe EXPERIMENT.yaml [--checkpoint [LABEL=]CKPT ...]
-[--sources single_protein,dense,window,ppi,scored] [--out DIR] [key=value ...]`` (also
-``python -m lcplm.eval.genome_probe``)
+[--sources single_protein,dense,window,ppi,scored] [--out DIR] [key=value ...]``
+(:mod:`lcplm.cli.genome`; :func:`run_probe` here)
 
 EXPERIMENT is a genome pretraining config (its ``data`` section names the genomes, the window
 size and the pair-source parameters; ``--sources`` swaps only ``data.pair_source.name``). For
@@ -18,7 +18,6 @@ accuracy of the same folds. Results go to ``DIR/genome_probe.json`` and ``DIR/ge
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -28,11 +27,11 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
+from lcplm.config import PretrainConfig
 from lcplm.data.datamodules.genome import GenomeDataConfig, load_genomes
 from lcplm.data.genomes import PHROG_CATEGORIES, Genome, GenomeWindow, genome_windows, protein_residue_mask
 from lcplm.data.pair_sources import PAIR_SOURCES, PairSource, build_pair_source
-from lcplm.errors import UserError, run_module_main
+from lcplm.errors import UserError
 from lcplm.files import atomic_write_text
 from lcplm.models import model_class
 
@@ -224,29 +223,3 @@ def run_probe(
     atomic_write_text(out_dir / "genome_probe.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     atomic_write_text(out_dir / "genome_probe.md", markdown_table(rows))
     return rows
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lcplm genome probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="[LABEL=]CKPT",
-                   help="model to probe (repeatable); default: the config's model at random init")
-    p.add_argument("--sources", default="single_protein,dense,window",
-                   help="comma-separated pair sources to embed with (default: %(default)s)")
-    p.add_argument("--out", default=None, help="output directory (default: runs/genome_probe/<experiment name>)")
-    p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the logistic regression")
-    ns = p.parse_args(argv)
-    experiment, overrides = split_file_and_overrides(ns.args)
-    if experiment is None:
-        raise UserError("give an experiment file: EXPERIMENT.yaml [key=value ...]")
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    out = Path(ns.out) if ns.out else Path("runs") / "genome_probe" / Path(experiment).stem
-    sources = [s.strip() for s in ns.sources.split(",") if s.strip()]
-    rows = run_probe(cfg, ns.checkpoint, sources, out, ns.l2, where=experiment)
-    print(markdown_table(rows), end="")
-    print(f"wrote {out / 'genome_probe.json'} and {out / 'genome_probe.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_module_main(main, "lcplm genome probe")

@@ -30,7 +30,6 @@ at all is an error. Output: ``DIR/genome_taxonomy.json`` and ``DIR/genome_taxono
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -39,9 +38,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
+from lcplm.config import PretrainConfig
 from lcplm.data.datamodules.genome import load_genomes
-from lcplm.data.genomes import Genome, check_unique_protein_ids
+from lcplm.data.genomes import Genome
 from lcplm.data.pair_sources import PAIR_SOURCES, build_pair_source
 from lcplm.data.taxonomy import (
     Taxonomy,
@@ -49,11 +48,10 @@ from lcplm.data.taxonomy import (
     read_genbank_taxonomy,
     read_rank_table,
     read_vcontact_taxonomy,
-    vcontact_genomes,
 )
-from lcplm.errors import UserError, run_module_main
+from lcplm.errors import UserError
 from lcplm.eval.genome_probe import fit_logistic, genome_config, load_models, predict_logistic, protein_embeddings
-from lcplm.eval.metrics import cosine_silhouette, weighted_f1
+from lcplm.tasks.metrics import cosine_silhouette, weighted_f1
 from lcplm.files import atomic_write_text
 
 FORMATS = ("auto", "genbank", "tsv", "vcontact")
@@ -299,51 +297,3 @@ def run_taxonomy(
 
 def _comma_list(text: Optional[str]) -> Optional[list[str]]:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lcplm genome taxonomy", description=__doc__.split("\n\n")[0])
-    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    p.add_argument("--taxonomy", action="append", required=True, metavar="FILE",
-                   help="taxonomy table (repeatable): GenBank, 'genome<TAB>rank=label ...' TSV, or vConTACT reference CSV")
-    p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="format of the taxonomy files (auto: .gb/.gbk/.gbff -> genbank, .csv -> vcontact, else tsv)")
-    p.add_argument("--gene-to-genome", default=None, metavar="CSV",
-                   help="vConTACT gene-to-genome CSV (protein_id,contig_id,...); with --proteins it defines the genomes")
-    p.add_argument("--proteins", default=None, metavar="FASTA", help="protein FASTA grouped by --gene-to-genome")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="[LABEL=]CKPT",
-                   help="model to evaluate (repeatable); default: the config's model at random init")
-    p.add_argument("--sources", default=None, help="comma-separated pair sources (default: the config's data.pair_source.name)")
-    p.add_argument("--ranks", default=None, help="comma-separated ranks (default: every rank in the table but taxid)")
-    p.add_argument("--folds", type=int, default=5, help="stratified folds over genomes (default: %(default)s)")
-    p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the logistic regression")
-    p.add_argument("--out", default=None, help="output directory (default: runs/genome_taxonomy/<experiment name>)")
-    ns = p.parse_args(argv)
-    experiment, overrides = split_file_and_overrides(ns.args)
-    if experiment is None:
-        raise UserError("give an experiment file: EXPERIMENT.yaml [key=value ...]")
-    if (ns.gene_to_genome is None) != (ns.proteins is None):
-        raise UserError("--gene-to-genome and --proteins go together (vConTACT's protein FASTA and its genome map)")
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    genome_config(cfg, experiment)
-    taxonomy = read_taxonomy(ns.taxonomy, ns.format, ns.gene_to_genome, ns.proteins)
-    genomes = None
-    if ns.proteins is not None:
-        genomes = vcontact_genomes(ns.proteins, ns.gene_to_genome)
-        check_unique_protein_ids(genomes)
-    out = Path(ns.out) if ns.out else Path("runs") / "genome_taxonomy" / Path(experiment).stem
-    report = run_taxonomy(
-        cfg, taxonomy, out, ns.checkpoint, _comma_list(ns.sources), _comma_list(ns.ranks), ns.folds, ns.l2,
-        genomes=genomes, taxonomy_files=ns.taxonomy, where=experiment,
-    )
-    c = report["meta"]["coverage"]
-    print(f"genomes with taxonomy labels: {c['labelled']} of {c['genomes']}; not in the table: {c['missing_from_table']}"
-          + (f" (e.g. {', '.join(c['missing_examples'][:3])})" if c["missing_from_table"] else "")
-          + f"; table entries naming no genome: {c['table_entries_without_genome']}")
-    print(markdown_table(report["rows"], ns.folds), end="")
-    print(f"wrote {out / 'genome_taxonomy.json'} and {out / 'genome_taxonomy.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_module_main(main, "lcplm genome taxonomy")

@@ -5,7 +5,8 @@ Every model class takes its config dataclass, returns logits ``[B, L, V]`` from
 with the same keyword inputs (``lengths``, ``cu_seqlens``, ``pid``, ``allowed``, ...).
 
 :data:`MODELS` is the one registry of model kinds: ``model.name`` in a config, the ``name`` in a
-model file's ``config.json``. A registered class carries its own facts, which other layers read
+model file's ``config.json`` (kept in :mod:`lcplm.registry`, so configs validate without this
+package). A registered class carries its own facts, which other layers read
 through :func:`model_class` instead of keeping tables of their own:
 
 - ``config_class``: its config dataclass (whose ``name`` default is the registry key);
@@ -15,25 +16,18 @@ through :func:`model_class` instead of keeping tables of their own:
   precision (``None``: keep fp32);
 - ``keyword_inputs``: the keyword inputs ``forward``/``encode`` accept besides ``input_ids``.
 
-``lcplm params EXPERIMENT.yaml [key=value ...]`` prints the parameter count of an experiment's
-model (what ``lcplm pretrain`` prints when it builds one), to size equal-parameter pairs.
+``lcplm params`` (:mod:`lcplm.cli.params`) prints :func:`parameter_line` for an experiment's model.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from typing import Any
 
 from torch import nn
 
 from lcplm.errors import UserError
-
-MODELS: dict[str, str] = {
-    "bimamba": "lcplm.models.bimamba:BiMambaLM",
-    "sparse_transformer": "lcplm.models.sparse_transformer:SparseGenomeLM",
-    "esm2": "lcplm.models.esm2:ESM2LM",
-}
+from lcplm.registry import MODELS
 
 
 def model_class(name: str) -> type:
@@ -57,19 +51,3 @@ def count_parameters(model: nn.Module) -> int:
 def parameter_line(model: nn.Module, cfg: Any) -> str:
     """One line naming the model kind and its parameter count, e.g. ``model esm2: 89,320 parameters``."""
     return f"model {cfg.name}: {count_parameters(model):,} parameters"
-
-
-def main(argv: list[str]) -> int:
-    """``lcplm params``: build an experiment's model (on CPU, random weights) and print its count."""
-    from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
-
-    p = argparse.ArgumentParser(
-        prog="lcplm params",
-        description="Print the parameter count of an experiment's model (to size equal-parameter comparisons).",
-    )
-    p.add_argument("args", nargs="+", metavar="EXPERIMENT.yaml [key=value ...]")
-    ns = p.parse_args(argv)
-    experiment, overrides = split_file_and_overrides(ns.args)
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    print(parameter_line(build_model(cfg.model), cfg.model))
-    return 0

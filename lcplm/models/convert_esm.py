@@ -29,12 +29,12 @@ from_pretrained`` and ``AutoTokenizer`` read without remote code: ``config.json`
 ``model.safetensors`` (the rotary ``inv_freq`` buffers Hugging Face stores; ESM's contact head,
 which lcplm does not train, as zeros), and ESM-2's ``vocab.txt`` + tokenizer config, through
 :func:`lcplm.models.io.write_model_directory` (``lcplm export SRC DIR --format hf-esm``, ``lcplm
-convert ours-to-esm``).
+convert to-esm``).
 
 Import: :func:`lcplm.models.io.from_pretrained` reads a Hugging Face ESM-2 directory
 (``model_type: esm``) through :func:`from_esm` (``name=esm2`` for the stage-1 model, the genome
 transformer by default), so ``run.init_from``, ``lcplm embed`` and the evaluations take it as it
-is; ``lcplm convert esm-to-genome`` / ``esm-to-esm2`` write it as an lcplm model directory.
+is; ``lcplm convert from-esm [--model esm2|sparse_transformer]`` writes it as an lcplm model directory.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """LightningModules: losses, metrics, optimisers.
 
-:data:`TASKS` maps ``task.name`` (experiment config) to the LightningModule ``lcplm pretrain``
-trains the model with; every task takes ``(model, optim_config, config=resolved_config_dict)``.
+:data:`TASKS` (kept in :mod:`lcplm.registry`) maps ``task.name`` (experiment config) to the
+LightningModule ``lcplm pretrain`` trains the model with; every task takes ``(model, optim_config,
+config=resolved_config_dict)``. :mod:`~lcplm.tasks.metrics` holds the metrics, computed once for
+training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -9,10 +11,7 @@ from __future__ import annotations
 import importlib
 
 from lcplm.errors import UserError
-
-TASKS: dict[str, str] = {
-    "mlm": "lcplm.tasks.mlm:MLMTask",  # masked LM: stage 1, stage 2 (graph contexts) and genomes
-}
+from lcplm.registry import TASKS
 
 
 def task_class(name: str) -> type:

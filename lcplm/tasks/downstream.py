@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, multiclass_accuracy
 
-from lcplm.eval.metrics import fmax, hits_at_k, ogb_rocauc
+from lcplm.tasks.metrics import fmax, hits_at_k, ogb_rocauc
 
 Kind = Literal["multiclass", "multilabel", "binary"]
 MONITOR: dict[str, str] = {"multiclass": "accuracy", "multilabel": "rocauc", "binary": "auroc"}

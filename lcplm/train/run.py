@@ -1,4 +1,5 @@
-"""``lcplm pretrain``: build data, model, task and Trainer from a config; own the run directory.
+"""Training: build data, model, task and Trainer from a config; own the run directory
+(:func:`train`; the command is ``lcplm pretrain``, :mod:`lcplm.cli.pretrain`).
 
 Run directory ``<run.out_dir>/<run.name>/`` (locking, resume rules, history: :mod:`lcplm.train.run_dir`):
   config.yaml            the resolved, validated config of the latest segment and the history of all
@@ -10,22 +11,17 @@ Run directory ``<run.out_dir>/<run.name>/`` (locking, resume rules, history: :mo
 
 from __future__ import annotations
 
-import argparse
-import errno
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lcplm.config import PretrainConfig, load_config, split_file_and_overrides
+from lcplm.config import PretrainConfig
 from lcplm.errors import UserError
 from lcplm.files import atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_EXPERIMENT = REPO_ROOT / "experiments" / "pretrain" / "tiny.yaml"
 VAL_KEYS = {"val_loss": "val/loss", "val_perplexity": "val/perplexity", "val_masked_acc": "val/masked_acc",
             "val_mask_token_loss": "val/mask_token_loss"}
 
@@ -235,47 +231,3 @@ def _fit_and_report(cfg, trainer, task, datamodule, model, out: Path, ckpt_path:
             results.update(unigram_baseline(datamodule))
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="lcplm pretrain",
-        description="Train a model from an experiment YAML (default: the tiny CPU stage-1 run).",
-    )
-    p.add_argument("args", nargs="*", metavar="[EXPERIMENT.yaml] [key=value ...]")
-    p.add_argument("--resume", action="store_true", help="continue the run from its last.ckpt")
-    ns = p.parse_intermixed_args(argv)  # `--resume optim.lr=...` after the experiment, as the NaN advice says
-    experiment, overrides = split_file_and_overrides(ns.args)
-    if experiment is None:
-        experiment = str(DEFAULT_EXPERIMENT)
-    cfg = load_config(experiment, overrides, schema=PretrainConfig)
-    if ns.resume:
-        cfg.run.resume = True
-    try:
-        results = train(cfg)
-    except FloatingPointError as e:
-        raise UserError(str(e)) from None
-    except OSError as e:  # a full disk outside lcplm.files (TensorBoard events, Lightning's hparams.yaml)
-        if e.errno == errno.ENOSPC:
-            raise UserError(f"no space left on the device writing {e.filename or 'the run directory'}") from None
-        raise
-    if results["val_loss"] is None:
-        print(
-            f"trained {results['global_step']} steps without validation data (data.val_fraction=0, no held-out "
-            "genome, or trainer.limit_val_batches=0): no held-out loss to report"
-        )
-        print(f"run directory: {results['run_dir']}")
-        return 0
-    if results.get("unigram_loss") is not None:
-        r = results
-        gap = r["unigram_mask_token_loss"] - r["val_mask_token_loss"]
-        print(
-            f"held-out loss at <mask> positions {r['val_mask_token_loss']:.4f} nats vs unigram amino-acid "
-            f"baseline {r['unigram_mask_token_loss']:.4f} nats: {'below' if gap > 0 else 'NOT below'} it by {abs(gap):.4f}"
-        )
-        print(
-            f"held-out loss over all MLM targets {r['val_loss']:.4f} nats (perplexity {r['val_perplexity']:.2f}, "
-            f"accuracy {r['val_masked_acc']:.3f}) vs unigram {r['unigram_loss']:.4f} nats"
-        )
-        print(f"run directory: {r['run_dir']}")
-    return 0 if math.isfinite(results["val_loss"]) else 1

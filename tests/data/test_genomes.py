@@ -416,7 +416,7 @@ def test_scored_source_top_k(tmp_path, k):
 def test_scored_source_needs_file(tmp_path):
     with pytest.raises(UserError, match="needs 'scores'"):
         build_pair_source(PairSourceConfig("scored"))
-    with pytest.raises(UserError, match="genome_pair_scores"):
+    with pytest.raises(UserError, match="lcplm genome pair-scores"):
         build_pair_source(PairSourceConfig("scored", scores=str(tmp_path / "missing.tsv")))
     bad = _write(tmp_path, "bad.tsv", "a b\n")
     with pytest.raises(UserError, match="expected 'id1 id2 score'"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lcplm.eval.metrics import fmax, hits_at_k, ogb_rocauc, roc_auc
+from lcplm.tasks.metrics import fmax, hits_at_k, ogb_rocauc, roc_auc
 
 ogb_node = pytest.importorskip("ogb.nodeproppred")
 ogb_link = pytest.importorskip("ogb.linkproppred")

@@ -143,7 +143,7 @@ def test_genome_command_dispatch(capsys):
     usage = capsys.readouterr().out
     assert all(s in usage for s in ("pair-scores", "probe", "taxonomy", "ppi-detection"))
     assert lcplm_main(["genome", "telepathy"]) == 2
-    assert "unknown subcommand 'telepathy'" in capsys.readouterr().err
+    assert "invalid choice: 'telepathy'" in capsys.readouterr().err
     assert lcplm_main(["genome"]) == 2
 
 

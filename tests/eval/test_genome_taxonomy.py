@@ -13,7 +13,7 @@ from conftest import shared_data
 from genome_fixtures import TINY_BASE, TINY_MODEL, genome_args, write_genbank
 from lcplm.__main__ import main as lcplm_main
 from lcplm.eval.genome_taxonomy import evaluate_rank, genome_embeddings, stratified_folds
-from lcplm.eval.metrics import cosine_silhouette, weighted_f1
+from lcplm.tasks.metrics import cosine_silhouette, weighted_f1
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 

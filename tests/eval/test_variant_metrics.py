@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from lcplm.eval import metrics as M
+from lcplm.tasks import metrics as M
 
 
 def _proteingym_calc_ndcg(y_true, y_score, top=10):

@@ -269,7 +269,7 @@ def test_genome_context_errors_name_the_problem():
 
 def test_lcplm_release_directory_and_its_conversion_score_like_the_model(tmp_path):
     """A BiMamba-S written in LC-PLM's released layout (128-row vocabulary), read directly and
-    through `lcplm convert lcplm-to-ours`, scores as the model it came from."""
+    through `lcplm convert from-lcplm`, scores as the model it came from."""
     from lcplm.__main__ import main as cli
     from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
     from lcplm.models.convert import save_lcplm
@@ -281,7 +281,7 @@ def test_lcplm_release_directory_and_its_conversion_score_like_the_model(tmp_pat
     subs = _subs(MUTANTS)
     want = V.score_substitutions(model, WT, subs, "masked-marginal").scores
     save_lcplm(model, tmp_path / "release")
-    assert cli(["convert", "lcplm-to-ours", str(tmp_path / "release"), str(tmp_path / "ours.ckpt")]) == 0
+    assert cli(["convert", "from-lcplm", str(tmp_path / "release"), str(tmp_path / "ours.ckpt")]) == 0
     for source in (tmp_path / "release", tmp_path / "ours.ckpt"):
         sm = V.load_scoring_model(source)
         assert sm.kind == "bimamba" and V.resolve_window("auto", sm) is None

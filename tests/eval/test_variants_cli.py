@@ -70,7 +70,7 @@ def test_outputs_metrics_and_scores(tmp_path, checkpoint, capsys):
     assert lines[0] == "mutant,DMS_score,DMS_score_bin,masked-marginal" and len(lines) == 13
     scores = np.array([float(line.split(",")[-1]) for line in lines[1:]])
     assert scores[9] == pytest.approx(scores[0] + scores[7], abs=1e-5)  # K2R:Q45K = K2R + Q45K
-    from lcplm.eval.metrics import spearman
+    from lcplm.tasks.metrics import spearman
 
     assert rec["metrics"]["spearman"] == pytest.approx(spearman(scores, [r[1] for r in ROWS]), abs=1e-6)
     assert "| TOY_Assay |" in (out / "summary.md").read_text()

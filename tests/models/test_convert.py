@@ -265,13 +265,13 @@ def test_cli_round_trip(tmp_path, capsys):
     ref = ref_model()
     src = write_release(tmp_path / "release", ref, ref_config())
     ours = tmp_path / "ours"
-    assert cli(["convert", "lcplm-to-ours", str(src), str(ours), "--scan-backend", "reference"]) == 0
+    assert cli(["convert", "from-lcplm", str(src), str(ours), "--scan-backend", "reference"]) == 0
     model = from_pretrained(ours)
     assert model.cfg.scan_backend == "reference"
     with torch.no_grad():
         torch.testing.assert_close(model(ids_batch()), ref(ids_batch())[..., :40], rtol=0, atol=1e-5)
     out = tmp_path / "export"
-    assert cli(["convert", "ours-to-lcplm", str(ours), str(out)]) == 0
+    assert cli(["convert", "to-lcplm", str(ours), str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
     again = from_pretrained(out)
     for k, v in model.state_dict().items():
@@ -288,31 +288,31 @@ def _cli_error(argv, capsys) -> str:
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     out = str(tmp_path / "o")
-    assert "not found" in _cli_error(["convert", "lcplm-to-ours", str(tmp_path / "nope"), out], capsys)
+    assert "not found" in _cli_error(["convert", "from-lcplm", str(tmp_path / "nope"), out], capsys)
     (tmp_path / "empty").mkdir()
-    assert "config.json" in _cli_error(["convert", "lcplm-to-ours", str(tmp_path / "empty"), out], capsys)
+    assert "config.json" in _cli_error(["convert", "from-lcplm", str(tmp_path / "empty"), out], capsys)
 
     ref = ref_model()
     esm_like = tmp_path / "esm"
     esm_like.mkdir()
     (esm_like / "config.json").write_text(json.dumps(ref_config()))
     save_file({"esm.embeddings.word_embeddings.weight": torch.zeros(33, 16)}, str(esm_like / "model.safetensors"))
-    assert "not an LC-PLM BiMamba state dict" in _cli_error(["convert", "lcplm-to-ours", str(esm_like), out], capsys)
+    assert "not an LC-PLM BiMamba state dict" in _cli_error(["convert", "from-lcplm", str(esm_like), out], capsys)
 
     wrong = ref_config()
     wrong["ssm_cfg"]["d_state"] = 8  # the weights have 4
     src = write_release(tmp_path / "wrong", ref, wrong)
-    err = _cli_error(["convert", "lcplm-to-ours", str(src), out], capsys)
+    err = _cli_error(["convert", "from-lcplm", str(src), out], capsys)
     assert "'bimamba.backbone.layers.0.mixer.mamba_fwd.x_proj.weight' has shape (9, 32)" in err
 
     deeper = ref_config()
     deeper["n_layer"] = 1  # the weights have 2 layers
     src = write_release(tmp_path / "deeper", ref, deeper)
-    assert "unexpected weight" in _cli_error(["convert", "lcplm-to-ours", str(src), out], capsys)
+    assert "unexpected weight" in _cli_error(["convert", "from-lcplm", str(src), out], capsys)
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps(ref_config()))
     (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a safetensors file")
-    assert "cannot read weights" in _cli_error(["convert", "lcplm-to-ours", str(tmp_path / "bad"), out], capsys)
+    assert "cannot read weights" in _cli_error(["convert", "from-lcplm", str(tmp_path / "bad"), out], capsys)
 
-    assert "not found" in _cli_error(["convert", "ours-to-lcplm", str(tmp_path / "none.ckpt"), str(tmp_path / "x")], capsys)
+    assert "not found" in _cli_error(["convert", "to-lcplm", str(tmp_path / "none.ckpt"), str(tmp_path / "x")], capsys)

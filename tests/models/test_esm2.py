@@ -258,9 +258,9 @@ def test_convert_commands_both_ways(tmp_path, capsys):
 
     model = _tiny(attention_backend="dense")
     write_run_checkpoint(model, tmp_path / "ours.ckpt")
-    assert main(["convert", "ours-to-esm", str(tmp_path / "ours.ckpt"), str(tmp_path / "hf")]) == 0
+    assert main(["convert", "to-esm", str(tmp_path / "ours.ckpt"), str(tmp_path / "hf")]) == 0
     hf = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    assert main(["convert", "esm-to-esm2", str(tmp_path / "hf"), str(tmp_path / "back"), "--attention-backend", "dense"]) == 0
+    assert main(["convert", "from-esm", str(tmp_path / "hf"), str(tmp_path / "back"), "--attention-backend", "dense"]) == 0
     back = from_pretrained(tmp_path / "back")
     assert isinstance(back, ESM2LM) and back.cfg.name == "esm2"
     seqs = _masked(PROTEINS)
@@ -274,5 +274,5 @@ def test_convert_commands_both_ways(tmp_path, capsys):
     from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 
     write_run_checkpoint(BiMambaLM(BiMambaConfig(d_model=16, n_layer=1)), tmp_path / "bimamba.ckpt")
-    assert main(["convert", "ours-to-esm", str(tmp_path / "bimamba.ckpt"), str(tmp_path / "x")]) == 2
+    assert main(["convert", "to-esm", str(tmp_path / "bimamba.ckpt"), str(tmp_path / "x")]) == 2
     assert "only 'esm2' and 'sparse_transformer'" in capsys.readouterr().err

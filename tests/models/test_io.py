@@ -279,7 +279,7 @@ def test_lcplm_released_layout_export_loads_in_transformers(tmp_path, capsys):
     # and back through our reader
     assert_same_weights(io.from_pretrained(out, scan_backend="reference"), model)
     # LcPlm's base-model prefix has no shipped class: no auto_map rather than a broken one
-    assert cli(["convert", "ours-to-lcplm", str(tmp_path / "a.ckpt"), str(tmp_path / "base"), "--prefix", "backbone."]) == 0
+    assert cli(["convert", "to-lcplm", str(tmp_path / "a.ckpt"), str(tmp_path / "base"), "--prefix", "backbone."]) == 0
     assert "auto_map" not in json.loads((tmp_path / "base" / "config.json").read_text())
     assert not (tmp_path / "base" / "modeling_lcplm.py").exists()
 
@@ -403,30 +403,7 @@ class _Unsafe:
         return (Path.touch, (self.target,))
 
 
-# ----------------------------------------------------------------------------- layering and writers
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (lazy imports inside functions included)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_no_module_in_lcplm_models_imports_a_higher_layer():
-    higher = ("lcplm.train", "lcplm.tasks", "lcplm.eval", "lcplm.embed", "lightning")
-    offenders = {}
-    for path in sorted((PACKAGE / "models").rglob("*.py")):
-        bad = sorted(m for m in _imported_modules(path) if m.startswith(higher) or m == "lcplm.__main__")
-        if bad:
-            offenders[str(path.relative_to(PACKAGE))] = bad
-    assert not offenders, offenders
-    for path in (PACKAGE / "models" / "hf").glob("*.py"):  # shipped code: no lcplm at all
-        assert not any(m.startswith("lcplm") for m in _imported_modules(path)), path
+# ----------------------------------------------------------------------------- writers (layering: tests/test_layers.py)
 
 
 def test_model_files_are_written_only_through_the_atomic_writer():

@@ -55,10 +55,11 @@ def test_config_model_names_are_the_registry():
 
 
 def test_no_table_keyed_by_model_kind_outside_lcplm_models():
-    """Facts about a model live on its class: no dict literal elsewhere is keyed by model kinds."""
+    """Facts about a model live on its class: no dict literal elsewhere is keyed by model kinds
+    (but the registry itself, lcplm/registry.py's MODELS)."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.is_relative_to(PACKAGE / "models"):
+        if path.is_relative_to(PACKAGE / "models") or path == PACKAGE / "registry.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Dict):

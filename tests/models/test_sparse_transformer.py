@@ -181,7 +181,7 @@ def test_esm2_conversion_from_directory_and_refusals(tmp_path):
     assert not ours.embed.weight[tokenizer.BON].any()
     # an lcplm model directory that from_pretrained (and run.init_from) reads back
     out = tmp_path / "esm_genome"
-    assert cli(["convert", "esm-to-genome", str(tmp_path / "hf"), str(out), "--attention-backend", "dense"]) == 0
+    assert cli(["convert", "from-esm", str(tmp_path / "hf"), str(out), "--model", "sparse_transformer", "--attention-backend", "dense"]) == 0
     back = from_pretrained(out)
     assert back.cfg.hidden == 64 and back.cfg.num_layers == 3 and back.cfg.attention_backend == "dense"
     with torch.no_grad():

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from lcplm.cli import sweep as sweep_cli
 from lcplm.errors import UserError
-from lcplm.train import slurm, sweep
+from lcplm.train import slurm
 from lcplm.train.slurm import SlurmConfig, check_resources, load_slurm_config, render_array_script
 
 from train_helpers import REPO, write_experiment
@@ -101,9 +102,9 @@ def test_slurm_dry_run_checks_resources_against_every_point(tmp_path: Path, caps
     sw.write_text(f"# s\nexperiment: {exp}\nname: s\nout_dir: {tmp_path / 'sweeps'}\nlauncher: slurm\nslurm: {res}\n"
                   "points: [{run.seed: 0}, {run.seed: 1}]\n")
     with pytest.raises(UserError, match="one task per device"):
-        sweep.main([str(sw), "--dry-run"])
+        sweep_cli.main([str(sw), "--dry-run"])
     res.write_text("# r\ntasks_per_node: 1\n")
-    assert sweep.main([str(sw), "--dry-run"]) == 0
+    assert sweep_cli.main([str(sw), "--dry-run"]) == 0
     assert "#SBATCH --array=0-1" in capsys.readouterr().out
     assert not (tmp_path / "sweeps").exists()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from lcplm.cli import sweep as sweep_cli
 from lcplm.errors import UserError
 from lcplm.train import sweep
 from lcplm.train.sweep import SweepConfig, expand, format_override, format_table, load_sweep, summarize
@@ -108,7 +109,7 @@ def test_summary_table_reads_each_points_results(tmp_path: Path, capsys):
     assert table.splitlines()[0].startswith("| point | optim.lr | state | global_step | val_loss")
     assert "| 000-lr0.1 | 0.1 | done | 10 | 2.5 |" in table
     assert json.loads((d / "summary.json").read_text()) == rows
-    assert sweep.main(["--summary", str(d)]) == 0
+    assert sweep_cli.main(["--summary", str(d)]) == 0
     assert "000-lr0.1" in capsys.readouterr().out
 
 
@@ -129,19 +130,19 @@ def test_every_point_is_validated_before_anything_runs(tmp_path: Path):
     sw = _sweep_file(tmp_path, f"experiment: {exp}\nname: s\nout_dir: {tmp_path / 'sweeps'}\n"
                      "points: [{optim.lr: 0.001}, {optim.no_such_key: 1}]\n")
     with pytest.raises(UserError, match=r"point 1 .*no_such_key"):
-        sweep.main([str(sw)])
+        sweep_cli.main([str(sw)])
     assert not (tmp_path / "sweeps").exists()  # nothing written, nothing launched
     sw2 = _sweep_file(tmp_path, f"experiment: {exp}\nname: s\nout_dir: {tmp_path / 'sweeps'}\n"
                       "grid: {trainer.max_steps: [1, 'many']}\n", "s2.yaml")
     with pytest.raises(UserError, match=r"point 1 .*max_steps"):
-        sweep.main([str(sw2)])
+        sweep_cli.main([str(sw2)])
 
 
 def test_dry_run_lists_points_and_writes_nothing(tmp_path: Path, capsys):
     exp = write_experiment(tmp_path)
     sw = _sweep_file(tmp_path, f"experiment: {exp}\nname: s\nout_dir: {tmp_path / 'sweeps'}\n"
                      "grid: {optim.lr: [0.001, 0.002], run.seed: [0, 1]}\n")
-    assert sweep.main([str(sw), "--dry-run"]) == 0
+    assert sweep_cli.main([str(sw), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 points" in out and "000-lr0.001-seed0: optim.lr=0.001 run.seed=0" in out
     assert not (tmp_path / "sweeps").exists()
@@ -153,7 +154,7 @@ def test_local_sweep_runs_each_point_in_its_own_run_dir_and_summarises(tmp_path:
     exp = write_experiment(tmp_path)
     sw = _sweep_file(tmp_path, f"experiment: {exp}\nname: loc\nout_dir: {tmp_path / 'sweeps'}\n"
                      "points: [{optim.lr: 0.002}, {optim.lr: 0.004}]\noverrides: {trainer.max_steps: 3}\n")
-    assert sweep.main([str(sw)]) == 0
+    assert sweep_cli.main([str(sw)]) == 0
     d = tmp_path / "sweeps" / "loc"
     rows = json.loads((d / "summary.json").read_text())
     assert [r["state"] for r in rows] == ["done", "done"]
@@ -165,10 +166,10 @@ def test_local_sweep_runs_each_point_in_its_own_run_dir_and_summarises(tmp_path:
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "results.json").is_file()
     # launching again skips finished points
     capsys.readouterr()
-    assert sweep.main([str(sw)]) == 0
+    assert sweep_cli.main([str(sw)]) == 0
     assert capsys.readouterr().out.count("done already") == 2
     # the same directory with other points is refused
     sw_other = _sweep_file(tmp_path, f"experiment: {exp}\nname: loc\nout_dir: {tmp_path / 'sweeps'}\n"
                            "points: [{optim.lr: 0.1}]\n", "other.yaml")
     with pytest.raises(UserError, match="different sweep"):
-        sweep.main([str(sw_other)])
+        sweep_cli.main([str(sw_other)])

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lcplm.config import load_config
+from lcplm.config import experiments_dir, load_config
 from lcplm.errors import UserError
 
 TIERS = ("cpu", "gpu", "smoke")
 TEST_KINDS = ("matched_sizes", "length_extrapolation", "paired_seeds", "downstream_sign")
 LAUNCHERS = ("local", "slurm")
-REPO = Path(__file__).resolve().parents[3]
-CLAIMS_DIR = REPO / "experiments" / "claims"
+REPO = Path(__file__).resolve().parents[3]  # the source checkout (git revision in the report); not used for files
+CLAIMS_DIR = experiments_dir() / "claims"  # the checkout's, or the copy a wheel ships
 SMOKE_FILE = CLAIMS_DIR / "tiers" / "smoke.yaml"
 
 

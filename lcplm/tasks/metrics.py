@@ -6,7 +6,7 @@ AUROC and average precision come from torchmetrics.
 
 Everything takes tensors (or anything ``torch.as_tensor`` accepts) and returns a Python float,
 computed in float64 on CPU so results do not depend on the device or dtype of the scores.
-``tests/eval/test_metrics.py`` checks equality with ``ogb``'s ``Evaluator`` on random inputs.
+``tests/eval/test_downstream_metrics.py`` checks equality with ``ogb``'s ``Evaluator`` on random inputs.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""``lcplm eval-downstream [CONFIG.yaml] [key=value ...]`` (``make eval-downstream``).
+"""``lcplm eval-downstream [CONFIG] [key=value ...]`` (``make eval-downstream``): :func:`lcplm.eval.downstream.evaluate`.
 
-CONFIG defaults to ``experiments/downstream/default.yaml``; overrides use the config's dotted
-keys (``seeds=[0]``, ``embed.max_length=512``, ``checkpoints=[a=runs/a/checkpoints/last.ckpt]``).
-Prints one line per task skipped for missing data, progress per model and task, and the
-results table (also written to ``<out_dir>/<name>/results.{md,json,png}``).
+CONFIG is a downstream YAML or the name of a shipped one (default ``downstream/default``,
+:func:`lcplm.config.find_experiment`); overrides use the config's dotted keys (``seeds=[0]``,
+``embed.max_length=512``, ``checkpoints=[a=runs/a/checkpoints/last.ckpt]``). Prints one line per
+task skipped for missing data, progress per model and task, and the results table (also written
+to ``<out_dir>/<name>/results.{md,json,png}``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lcplm.config import load_config
+from lcplm.config import find_experiment, load_config
 from lcplm.eval.downstream import DownstreamConfig, evaluate
 
-DEFAULT_CONFIG = "experiments/downstream/default.yaml"
+DEFAULT_CONFIG = "downstream/default.yaml"
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> int:
     config, overrides = ns.config, list(ns.overrides)
     if "=" in config:  # only overrides were given: keep the default file
         config, overrides = DEFAULT_CONFIG, [config, *overrides]
-    cfg = load_config(config, overrides, schema=DownstreamConfig)
+    cfg = load_config(find_experiment(config, "downstream"), overrides, schema=DownstreamConfig)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

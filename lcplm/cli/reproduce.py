@@ -1,5 +1,6 @@
 """``lcplm reproduce [CLAIM ...] [--tier cpu|gpu|smoke] [--out DIR] [--dry-run] [--report-only]``
-(``make reproduce``): run the claims of experiments/claims/ and write <out>/REPORT.md."""
+(``make reproduce``): run the claims of experiments/claims/ and write <out>/REPORT.md
+(:func:`lcplm.eval.claims.runner.reproduce`)."""
 
 from __future__ import annotations
 
