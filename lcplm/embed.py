@@ -47,9 +47,9 @@ import torch
 from torch import nn
 
 from lcplm.data import tokenizer as tok
-from lcplm.data.batching import plan_batches
 from lcplm.data.cache import cache_root
 from lcplm.data.collate import crop_residues
+from lcplm.data.protein_batches import protein_batch_loader
 from lcplm.errors import UserError
 from lcplm.files import atomic_write_bytes, atomic_write_text, atomic_write_with
 from lcplm.models.heads import residue_mean
@@ -146,9 +146,7 @@ def embed_sequences(model: nn.Module, sequences: Sequence[str], names: Optional[
         raise UserError("no sequences to embed")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     residues, lengths = prepare_residues(sequences, names, max_length, long_policy)
-    tokens = np.asarray([len(r) + 2 for r in residues], np.int64)
-    budget = max(int(max_tokens), int(tokens.max()))  # a sequence longer than the budget goes alone
-    plan = plan_batches(tokens, budget, pack=False, bucket_size=len(tokens), rng=np.random.default_rng(0))
+    loader = protein_batch_loader(residues, max_tokens, with_index=True)
     was_training = model.training
     model.eval()
     model.to(dev)
@@ -156,24 +154,23 @@ def embed_sequences(model: nn.Module, sequences: Sequence[str], names: Optional[
     per_res: list[Optional[torch.Tensor]] = [None] * len(residues) if per_residue else []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=int(tokens.sum()), unit="tok", unit_scale=True, desc="embed", disable=not progress, file=sys.stderr)
+    total = sum(len(r) + 2 for r in residues)
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="embed", disable=not progress, file=sys.stderr)
     try:
-        for b in range(len(plan)):
-            idx = plan.batch(b)
-            pieces = [torch.from_numpy(np.concatenate(([tok.CLS], residues[i], [tok.EOS]))) for i in idx]
-            input_ids, lens = tok.pad_batch(pieces)
-            input_ids, lens = input_ids.to(dev), lens.to(dev)
+        for batch in loader:
+            idx = batch["index"]
+            input_ids, lens = batch["input_ids"].to(dev), batch["lengths"].to(dev)
             with _autocast(dev, half):
                 hidden = model.encode(input_ids, lengths=lens)
             pooled = residue_mean(hidden, input_ids).cpu()
             if mean is None:
                 mean = torch.zeros(len(residues), pooled.shape[1])
-            mean[torch.from_numpy(idx)] = pooled
+            mean[idx] = pooled
             if per_residue:
                 h = hidden.float().cpu()
                 for row, i in enumerate(idx.tolist()):
                     per_res[i] = h[row, 1 : 1 + len(residues[i])].clone()
-            bar.update(int(tokens[idx].sum()))
+            bar.update(int(batch["lengths"].sum()))
     finally:
         bar.close()
         model.train(was_training)

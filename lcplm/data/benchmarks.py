@@ -1,4 +1,5 @@
-"""Readers for the downstream data sets, in their public formats, and their seeded splits.
+"""Readers for the downstream data sets, in their public formats (their seeded splits are in
+:mod:`lcplm.data.benchmark_splits`).
 
 Remote homology (fold classification):
 
@@ -9,17 +10,16 @@ Remote homology (fold classification):
   ``test_family_holdout``. Pickles are read with an allow-list (plain containers and numpy
   arrays only), so a file cannot run code.
 * SCOPe/ASTRAL FASTA (``>d1dlwa_ a.1.1.1 (A:) description``), from which
-  :func:`astral_holdout_splits` builds TAPE-style hold-outs (see there).
+  :func:`lcplm.data.benchmark_splits.astral_holdout_splits` builds TAPE-style hold-outs.
 
 Function (multi-label): a table ``id<TAB>label1,label2`` optionally preceded by DeepFRI's
 header block (``### EC-numbers`` then a line listing every class; GO files list one block
 per ontology and name the label columns in ``### PDB-chain<TAB>...``), and OGB's
 ogbn-proteins folder (``raw/``, ``split/species/``, ``mapping/nodeidx2proteinid.csv.gz``).
 
-PPI links: labelled pair tables (``id1 id2 label`` with labels 0/1), STRING links (through
-:mod:`lcplm.data.ppi_graph`) with sampled negatives, and OGB's ogbl-ppa folder (``raw/``,
-``split/throughput/{train,valid,test}.pt``), plus :func:`split_pairs` (random pairs, or by
-protein so that test proteins never occur in training pairs).
+PPI links: labelled pair tables (``id1 id2 label`` with labels 0/1) and OGB's ogbl-ppa folder
+(``raw/``, ``split/throughput/{train,valid,test}.pt``). STRING links and actions are read by
+:mod:`lcplm.data.edge_lists`.
 
 Bad input is a :class:`~lcplm.errors.UserError` naming the file and the record or line.
 """
@@ -30,11 +30,9 @@ import csv
 import gzip
 import io
 import json
-import math
 import pickle
 import re
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -42,7 +40,7 @@ import numpy as np
 import torch
 
 from lcplm.data.fasta import iter_fasta
-from lcplm.data.edge_lists import read_string_links, table_lines
+from lcplm.data.edge_lists import table_lines
 from lcplm.data.ppi_graph import read_sequence_table
 from lcplm.errors import UserError
 
@@ -183,87 +181,6 @@ def read_astral(path: str | Path) -> list[HomologyRecord]:
         c, f, s, _ = m.groups()
         out.append(HomologyRecord(rec.id, rec.sequence.upper(), f"{c}.{f}", f"{c}.{f}.{s}", sccs))
     return out
-
-
-@dataclass
-class HoldoutReport:
-    n_records: int
-    n_excluded_classes: int  # records of SCOP classes left out (see ``classes``)
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        parts = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
-        return f"{self.n_records} domains ({self.n_excluded_classes} of excluded classes left out): {parts}"
-
-
-def astral_holdout_splits(
-    records: list[HomologyRecord],
-    seed: int,
-    fold_test_frac: float = 0.05,
-    superfamily_test_frac: float = 0.08,
-    family_test_frac: float = 0.08,
-    valid_frac: float = 0.05,
-    classes: str = "abcdefg",
-) -> tuple[dict[str, list[HomologyRecord]], HoldoutReport]:
-    """TAPE-style hold-outs for fold classification, seeded.
-
-    The label is the fold, so a test domain's fold must be seen in training; what is held out
-    is the level *below* the one a test set is named after (TAPE, after Hou et al. 2018):
-
-    * ``test_fold_holdout``: whole superfamilies absent from training (their folds present);
-    * ``test_superfamily_holdout``: whole families absent from training (superfamilies present);
-    * ``test_family_holdout``: domains whose families also have training domains;
-    * ``valid``: like the family hold-out, drawn from what is left.
-
-    Each set takes whole groups in a seeded random order until it holds about its fraction of
-    the domains, never the last remaining group of its parent. Domains of SCOP classes not in
-    ``classes`` (h-l: coiled coils, low resolution, peptides, designed, artifacts) are left out
-    and counted in the report.
-    """
-    kept = [r for r in records if r.family[0] in classes]
-    report = HoldoutReport(len(records), len(records) - len(kept))
-    rng = np.random.default_rng(seed)
-    n = len(kept)
-
-    def hold_out(pool: list[int], child, parent, frac: float) -> tuple[list[int], list[int]]:
-        """Move whole ``child`` groups out of ``pool`` while each ``parent`` keeps another child."""
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i in pool:
-            groups[child(kept[i])].append(i)
-        children_of: dict[str, set[str]] = defaultdict(set)
-        for name, members in groups.items():
-            children_of[parent(kept[members[0]])].add(name)
-        names = sorted(groups)
-        target = int(round(frac * n))
-        out: set[str] = set()
-        taken = 0
-        for j in rng.permutation(len(names)):
-            if taken >= target:
-                break
-            name = names[j]
-            siblings = children_of[parent(kept[groups[name][0]])]
-            if len(siblings) > 1:
-                siblings.discard(name)
-                out.add(name)
-                taken += len(groups[name])
-        held = [i for i in pool if child(kept[i]) in out]
-        return [i for i in pool if child(kept[i]) not in out], held
-
-    pool = list(range(n))
-    pool, fold_test = hold_out(pool, lambda r: r.superfamily, lambda r: r.fold, fold_test_frac)
-    pool, sf_test = hold_out(pool, lambda r: r.family, lambda r: r.superfamily, superfamily_test_frac)
-    # single domains are the children here: a domain leaves only if its family keeps another
-    pool, fam_test = hold_out(pool, lambda r: r.id, lambda r: r.family, family_test_frac)
-    pool, valid = hold_out(pool, lambda r: r.id, lambda r: r.family, valid_frac)
-    splits = {
-        "train": [kept[i] for i in pool],
-        "valid": [kept[i] for i in valid],
-        "test_fold_holdout": [kept[i] for i in fold_test],
-        "test_superfamily_holdout": [kept[i] for i in sf_test],
-        "test_family_holdout": [kept[i] for i in fam_test],
-    }
-    report.sizes = {k: len(v) for k, v in splits.items()}
-    return splits, report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,80 +466,6 @@ def read_labelled_pairs(path: str | Path, on_conflict: str = "error") -> Labelle
     return LabelledPairs(str(path), list(index), ab[:, 0].copy(), ab[:, 1].copy(), y, dup, len(conflicts))
 
 
-def string_pairs(links_path: str | Path, proteins: list[str], seed: int, min_score: float = 700,
-                 negatives_per_positive: float = 1.0) -> LabelledPairs:
-    """STRING links with ``combined_score >= min_score`` as positives among ``proteins``, and
-    seeded uniformly random non-linked pairs of those proteins as negatives."""
-    edges = read_string_links(links_path, min_score)
-    names = list(proteins)
-    node = {p: k for k, p in enumerate(names)}
-    keep_a, keep_b = [], []
-    for s, d in zip(edges.src.tolist(), edges.dst.tolist()):
-        u, v = node.get(edges.names[s]), node.get(edges.names[d])
-        if u is not None and v is not None and u != v:
-            keep_a.append(min(u, v)), keep_b.append(max(u, v))
-    if not keep_a:
-        raise UserError(f"{links_path}: no link with score >= {min_score} between proteins that have sequences")
-    n = len(names)
-    pos_keys = np.unique(np.asarray(keep_a, np.int64) * n + np.asarray(keep_b, np.int64))
-    n_neg = int(round(negatives_per_positive * len(pos_keys)))
-    if n_neg > n * (n - 1) // 2 - len(pos_keys):
-        raise UserError(f"{links_path}: not enough unlinked pairs for {n_neg} negatives")
-    rng = np.random.default_rng(seed)
-    neg: set[int] = set()
-    pos_set = set(pos_keys.tolist())
-    while len(neg) < n_neg:
-        u = rng.integers(0, n, 2 * (n_neg - len(neg)) + 16)
-        v = rng.integers(0, n, len(u))
-        for x, z in zip(np.minimum(u, v).tolist(), np.maximum(u, v).tolist()):
-            k = x * n + z
-            if x != z and k not in pos_set and len(neg) < n_neg:
-                neg.add(k)
-    keys = np.concatenate([pos_keys, np.fromiter(sorted(neg), np.int64, len(neg))])
-    y = np.concatenate([np.ones(len(pos_keys), np.float32), np.zeros(len(neg), np.float32)])
-    return LabelledPairs(str(links_path), names, keys // n, keys % n, y)
-
-
-def split_pairs(pairs: LabelledPairs, seed: int, valid_frac: float = 0.1, test_frac: float = 0.2,
-                by: str = "pair") -> dict[str, np.ndarray]:
-    """Seeded train/valid/test indices into ``pairs``.
-
-    ``by="pair"``: pairs are shuffled and cut. ``by="protein"``: proteins are shuffled and
-    assigned to test, valid and train so that the pairs touching them come close to the
-    fractions; a pair touching a test protein is a test pair, else one touching a valid
-    protein is a valid pair. No training pair contains a valid or test protein, and no pair
-    is dropped.
-    """
-    n = len(pairs)
-    if by == "pair":
-        return split_fractions(n, seed, valid_frac, test_frac)
-    if by != "protein":
-        raise UserError(f"pair split must be 'pair' or 'protein', got {by!r}")
-    rng = np.random.default_rng(seed)
-    n_prot = len(pairs.names)
-    side = np.zeros(n_prot, np.int64)  # 0 train, 1 valid, 2 test
-    unassigned = np.ones(n, bool)
-    counts = np.zeros(3, np.int64)
-    order = rng.permutation(n_prot)
-    k = 0
-    touching: list[list[int]] = [[] for _ in range(n_prot)]
-    for idx, (u, v) in enumerate(zip(pairs.a.tolist(), pairs.b.tolist())):
-        touching[u].append(idx)
-        touching[v].append(idx)
-    for split, frac in ((2, test_frac), (1, valid_frac)):
-        target = int(round(frac * n))
-        while counts[split] < target and k < n_prot:
-            p = order[k]
-            k += 1
-            side[p] = split
-            new = [i for i in touching[p] if unassigned[i]]
-            unassigned[new] = False
-            counts[split] += len(new)
-    pair_side = np.maximum(side[pairs.a], side[pairs.b])
-    return {"test": np.flatnonzero(pair_side == 2), "valid": np.flatnonzero(pair_side == 1),
-            "train": np.flatnonzero(pair_side == 0)}
-
-
 @dataclass
 class OgblPPA:
     """ogbl-ppa as OGB distributes it; ``split_edge[s]`` has ``edge`` (E, 2) and for valid/test
@@ -680,13 +523,3 @@ def read_ogbl_ppa(root: str | Path) -> OgblPPA:
     if ids is not None and len(ids) != num_nodes:
         raise UserError(f"{mapping}: {len(ids)} nodes mapped, the graph has {num_nodes}")
     return OgblPPA(num_nodes, torch.from_numpy(edge.T.copy()), torch.from_numpy(feat), split_edge, ids)
-
-
-def split_fractions(n: int, seed: int, valid_frac: float, test_frac: float) -> dict[str, np.ndarray]:
-    """Seeded random train/valid/test indices of ``n`` items (sorted within each split)."""
-    if not (0 <= valid_frac and 0 <= test_frac and valid_frac + test_frac < 1):
-        raise UserError(f"split fractions valid={valid_frac}, test={test_frac} must be >= 0 and sum below 1")
-    order = np.random.default_rng(seed).permutation(n)
-    n_test, n_valid = int(math.floor(test_frac * n + 0.5)), int(math.floor(valid_frac * n + 0.5))
-    return {"train": np.sort(order[n_test + n_valid:]), "valid": np.sort(order[n_test:n_test + n_valid]),
-            "test": np.sort(order[:n_test])}

@@ -2,7 +2,7 @@
 the wrappers that turn them into one ``net(**batch) -> logits`` for :mod:`lcplm.tasks.downstream`.
 
 Plain nn.Modules (no Lightning). Every wrapper's ``forward`` takes the batch's keyword inputs
-and returns logits: ``(B, C)`` for sequence/node tasks, ``(B,)`` for pair tasks.
+and returns logits: ``(B, C)`` for sequence/node tasks, ``(B,)`` for links, ``(B, C)`` for interaction types.
 """
 
 from __future__ import annotations
@@ -54,17 +54,20 @@ class MLPHead(nn.Module):
 
 
 class PairDecoder(nn.Module):
-    """Interaction logit of two proteins from the Hadamard product of their vectors.
+    """Interaction logits of two proteins from the Hadamard product of their vectors.
 
-    a, b: (B, D) -> (B,). Symmetric in a and b by construction.
+    a, b: (B, D) -> (B,) with ``n_out=1`` (a link), else (B, n_out) (e.g. interaction types).
+    Symmetric in a and b by construction.
     """
 
-    def __init__(self, d_in: int, hidden: int = 256, n_layers: int = 1, dropout: float = 0.1):
+    def __init__(self, d_in: int, hidden: int = 256, n_layers: int = 1, dropout: float = 0.1, n_out: int = 1):
         super().__init__()
-        self.mlp = MLPHead(d_in, 1, hidden=hidden, n_layers=n_layers, dropout=dropout)
+        self.n_out = n_out
+        self.mlp = MLPHead(d_in, n_out, hidden=hidden, n_layers=n_layers, dropout=dropout)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.mlp(a * b).squeeze(-1)
+        out = self.mlp(a * b)
+        return out.squeeze(-1) if self.n_out == 1 else out
 
 
 class GraphSAGE(nn.Module):
@@ -141,9 +144,10 @@ class GraphNodeNet(nn.Module):
 
 
 class GraphPairNet(GraphNodeNet):
-    """Link prediction: node vectors (features, optionally through a GNN) -> pair decoder.
+    """Pair prediction: node vectors (features, optionally through a GNN) -> pair decoder.
 
-    ``forward(a, b)`` scores the pairs (a[i], b[i]) of node indices (B,) -> (B,) logits. The GNN
+    ``forward(a, b)`` scores the pairs (a[i], b[i]) of node indices (B,) -> the decoder's logits
+    ((B,) for links, (B, n_out) for interaction types). The GNN
     must only see training edges (the caller builds ``edge_index`` from them).
     """
 

@@ -1,18 +1,28 @@
-"""Downstream heads as one LightningModule, configured by the kind of prediction.
+"""Downstream heads as one LightningModule, configured by the kind of prediction, and the
+factories that build each named head's network.
 
 :class:`DownstreamTask` receives its network (any ``net(**inputs) -> logits`` from
 :mod:`lcplm.models.heads`: a probe on cached embeddings, a fine-tuned encoder, a GNN over a PPI
 graph) and a batch dict whose ``y`` holds the targets; every other key is a keyword input of
-the network. ``kind`` picks the loss and the metrics:
+the network. ``kind`` picks the loss and the metrics (:func:`prediction_metrics`, on
+:mod:`lcplm.tasks.metrics`):
 
 * ``multiclass`` (fold classification): cross entropy; ``accuracy``.
-* ``multilabel`` (EC / GO / ogbn-proteins tasks): BCE; ``rocauc`` (OGB's mean per-task rule),
-  ``aupr`` (micro-averaged, DeepFRI's), ``fmax`` (CAFA's).
+* ``multilabel`` (EC / GO / ogbn-proteins tasks, STRING interaction types): BCE; ``rocauc`` (OGB's
+  mean per-task rule), ``aupr`` (micro-averaged, DeepFRI's), ``fmax`` (CAFA's), and with
+  ``f1_threshold`` ``micro_f1`` (GNN-PPI's: labels predicted where sigmoid > threshold).
 * ``binary`` (PPI links): BCE; ``auroc``, ``ap`` and, for shared negatives, ``hits@K``.
 
 Metrics are computed once per epoch on all of a stage's predictions, because per-task ROC-AUC
 and Hits@K are not averages of per-batch values. The weights of the best validation epoch
-are kept in memory and restored by :func:`fit_and_evaluate` before testing.
+(by ``monitor``, default per kind: :data:`MONITOR`) are kept in memory and restored by
+:func:`fit_and_evaluate` before testing on a DataModule's test splits
+(:mod:`lcplm.data.datamodules.downstream`).
+
+Head names (:func:`head_net`, :func:`finetune_net`): ``linear`` / ``mlp`` on embedding rows
+(sequence and node tasks), ``sage`` (GraphSAGE over the node graph, then a linear probe),
+``pair_mlp`` (Hadamard product + MLP on the two proteins' embeddings), ``sage_pair`` (the same
+over GraphSAGE of the training graph), ``finetune`` (encoder + residue mean + MLP, end to end).
 """
 
 from __future__ import annotations
@@ -22,22 +32,24 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, multiclass_accuracy
 
-from lcplm.tasks.metrics import fmax, hits_at_k, ogb_rocauc
+from lcplm.data.datamodules.downstream import NodeDataModule, PairDataModule, SequenceDataModule, SplitsDataModule
+from lcplm.tasks.metrics import fmax, hits_at_k, micro_f1, ogb_rocauc
 
 Kind = Literal["multiclass", "multilabel", "binary"]
 MONITOR: dict[str, str] = {"multiclass": "accuracy", "multilabel": "rocauc", "binary": "auroc"}
 
 
-def prediction_metrics(kind: Kind, logits: torch.Tensor, y: torch.Tensor, hits_k: tuple[int, ...] = ()) -> dict[str, float]:
+def prediction_metrics(kind: Kind, logits: torch.Tensor, y: torch.Tensor, hits_k: tuple[int, ...] = (),
+                       f1_threshold: Optional[float] = None) -> dict[str, float]:
     """Metrics of one stage's predictions. logits/y: (N, C)/(N,) multiclass, (N, T)/(N, T)
     multilabel, (N,)/(N,) binary. A metric that is undefined on these labels is NaN."""
     logits, y = logits.detach().float().cpu(), y.detach().cpu()
@@ -52,7 +64,10 @@ def prediction_metrics(kind: Kind, logits: torch.Tensor, y: torch.Tensor, hits_k
         labels = y.long().flatten()
         aupr = float(binary_average_precision(prob.flatten(), labels)) if bool(labels.any()) else math.nan
         has_true = bool((y == 1).any())
-        return {"rocauc": rocauc, "aupr": aupr, "fmax": fmax(y, prob) if has_true else math.nan}
+        out = {"rocauc": rocauc, "aupr": aupr, "fmax": fmax(y, prob) if has_true else math.nan}
+        if f1_threshold is not None:
+            out["micro_f1"] = micro_f1(y, prob, f1_threshold)
+        return out
     labels = y.long()
     both = bool((labels == 1).any()) and bool((labels == 0).any())
     out = {
@@ -68,16 +83,20 @@ class DownstreamTask(L.LightningModule):
     """Loss, metrics and optimiser around a downstream ``net``; see the module docstring."""
 
     def __init__(self, net: nn.Module, kind: Kind, lr: float = 1e-3, weight_decay: float = 0.0,
-                 encoder_lr: Optional[float] = None, hits_k: tuple[int, ...] = (), patience: int = 0):
+                 encoder_lr: Optional[float] = None, hits_k: tuple[int, ...] = (), patience: int = 0,
+                 f1_threshold: Optional[float] = None, monitor: Optional[str] = None):
         super().__init__()
         if kind not in MONITOR:
             raise ValueError(f"DownstreamTask: kind must be one of {sorted(MONITOR)}, got {kind!r}")
+        if f1_threshold is not None and kind != "multilabel":
+            raise ValueError(f"DownstreamTask: f1_threshold is for multilabel tasks, not {kind!r}")
         self.net = net
         self.kind = kind
         self.lr, self.weight_decay, self.encoder_lr = lr, weight_decay, encoder_lr
         self.hits_k = tuple(hits_k)
+        self.f1_threshold = f1_threshold
         self.patience = patience  # validation epochs without improvement before stopping; 0 = never
-        self.monitor = MONITOR[kind]
+        self.monitor = monitor or MONITOR[kind]
         self.best_score = -math.inf
         self.best_epoch = -1
         self.best_metrics: dict[str, float] = {}
@@ -115,7 +134,7 @@ class DownstreamTask(L.LightningModule):
         self._outputs[stage] = []
         logits = torch.cat([o[0] for o in outs])
         y = torch.cat([o[1] for o in outs])
-        metrics = prediction_metrics(self.kind, logits, y, self.hits_k)
+        metrics = prediction_metrics(self.kind, logits, y, self.hits_k, self.f1_threshold)
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, batch_size=int(y.shape[0]))
         return metrics
@@ -148,47 +167,14 @@ class DownstreamTask(L.LightningModule):
         return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
 
 
-class DictDataset(Dataset):
-    """Rows of a dict of equally long tensors; batches are fetched by one indexing per key."""
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor]):
-        sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"DictDataset: tensors of different lengths {sizes}")
-        self.tensors = dict(tensors)
-        self.n = next(iter(sizes.values()))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
-
-    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return {k: v[index] for k, v in self.tensors.items()}
-
-
-def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return batch
-
-
-def tensor_loader(tensors: Mapping[str, torch.Tensor], batch_size: int, shuffle: bool = False,
-                  seed: int = 0) -> DataLoader:
-    """A DataLoader over a dict of tensors (seeded shuffling); ``batch_size <= 0`` means one batch."""
-    ds = DictDataset(tensors)
-    bs = len(ds) if batch_size <= 0 else batch_size
-    gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(ds, batch_size=max(bs, 1), shuffle=shuffle, generator=gen, collate_fn=_already_batched)
-
-
-def fit_and_evaluate(task: DownstreamTask, train: DataLoader, valid: DataLoader, tests: Mapping[str, DataLoader],
-                     max_epochs: int, accelerator: str = "cpu", seed: int = 0) -> dict[str, dict[str, float]]:
-    """Train ``task`` (best validation epoch kept), then test it on each loader of ``tests``.
+def fit_and_evaluate(task: DownstreamTask, data: SplitsDataModule, max_epochs: int, accelerator: str = "cpu",
+                     seed: int = 0) -> dict[str, dict[str, float]]:
+    """Train ``task`` on ``data`` (best validation epoch kept), then test it on each of
+    ``data.test_splits``.
 
     The task is returned in eval mode with the weights of its best validation epoch.
 
-    Returns ``{"valid": metrics at the best epoch, <test name>: metrics, ...}``, plus
+    Returns ``{"valid": metrics at the best epoch, <test split>: metrics, ...}``, plus
     ``{"fit": {"best_epoch": e}}``.
     """
     L.seed_everything(seed, workers=False, verbose=False)
@@ -208,14 +194,82 @@ def fit_and_evaluate(task: DownstreamTask, train: DataLoader, valid: DataLoader,
                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                 num_sanity_val_steps=0,
             )
-            trainer.fit(task, train, valid)
+            trainer.fit(task, datamodule=data)
             task.restore_best()
             results: dict[str, dict[str, float]] = {"valid": dict(task.best_metrics), "fit": {"best_epoch": task.best_epoch}}
-            for name, loader in tests.items():
-                out = trainer.test(task, loader, verbose=False)[0]
+            for name in data.test_splits:
+                out = trainer.test(task, data.loader(name), verbose=False)[0]
                 results[name] = {k.split("/", 1)[1]: float(v) for k, v in out.items()}
             task.eval()  # hand back the best weights ready for inference (no dropout)
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
     return results
+
+
+# --------------------------------------------------------------------------------- heads
+
+
+@dataclass
+class TrainSettings:
+    hidden: int = 512  # width of MLP heads and the pair decoder
+    gnn_hidden: int = 128  # GraphSAGE width (each step propagates over the whole graph)
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 40
+    patience: int = 8  # stop after this many epochs without a better validation score (0: never)
+    batch_size: int = 256  # rows (or pairs) per step; 0 = the whole split in one batch
+    gnn_layers: int = 2
+    accelerator: str = "cpu"  # for the heads: cpu | gpu | auto
+
+
+SEQUENCE_HEADS = ("linear", "mlp")  # plus "finetune" (finetune_net)
+NODE_HEADS = ("linear", "mlp", "sage")
+PAIR_HEADS = ("pair_mlp", "sage_pair")
+
+
+def feature_head(head: str, d: int, n_out: int, hp: TrainSettings) -> nn.Module:
+    """``linear`` or ``mlp`` on (B, d) rows -> (B, n_out)."""
+    from lcplm.models.heads import LinearProbe, MLPHead
+
+    if head == "linear":
+        return LinearProbe(d, n_out)
+    if head == "mlp":
+        return MLPHead(d, n_out, hidden=hp.hidden, dropout=hp.dropout)
+    raise ValueError(f"unknown head {head!r} for this task (linear, mlp)")
+
+
+def head_net(head: str, data: SplitsDataModule, hp: TrainSettings) -> nn.Module:
+    """The network of a named head for ``data``'s kind of task, initialised from the global seed
+    (the caller seeds it: modules are built in a fixed order)."""
+    from lcplm.models.heads import FeatureNet, GraphNodeNet, GraphPairNet, GraphSAGE, LinearProbe, PairDecoder
+
+    if isinstance(data, SequenceDataModule):
+        if data.features is None:
+            raise ValueError("a sequence head on embeddings needs a DataModule built with features")
+        return FeatureNet(feature_head(head, data.features.shape[1], data.n_outputs, hp))
+    d = data.features.shape[1]
+    if isinstance(data, PairDataModule):
+        if head == "pair_mlp":
+            return GraphPairNet(data.features, PairDecoder(d, hidden=hp.hidden, dropout=hp.dropout, n_out=data.n_outputs))
+        if head == "sage_pair":
+            gnn = GraphSAGE(d, hp.gnn_hidden, hp.gnn_layers, hp.dropout)
+            decoder = PairDecoder(hp.gnn_hidden, hidden=hp.hidden, dropout=hp.dropout, n_out=data.n_outputs)
+            return GraphPairNet(data.features, decoder, gnn, data.train_edges)
+        raise ValueError(f"unknown head {head!r} for a pair task {PAIR_HEADS}")
+    if isinstance(data, NodeDataModule):
+        if head == "sage":
+            return GraphNodeNet(data.features, LinearProbe(hp.gnn_hidden, data.n_outputs),
+                                GraphSAGE(d, hp.gnn_hidden, hp.gnn_layers, hp.dropout), data.edge_index)
+        return GraphNodeNet(data.features, feature_head(head, d, data.n_outputs, hp))
+    raise TypeError(f"no heads for {type(data).__name__}")
+
+
+def finetune_net(encoder: nn.Module, n_out: int, hp: TrainSettings) -> nn.Module:
+    """``finetune``: the encoder, residue-mean pooling and an MLP head, trained end to end."""
+    from lcplm.data import tokenizer as tok
+    from lcplm.models.heads import MLPHead, SequenceNet
+
+    d = int(encoder.encode(torch.tensor([[tok.CLS, 5, tok.EOS]]), lengths=torch.tensor([3])).shape[-1])
+    return SequenceNet(encoder, MLPHead(d, n_out, hidden=hp.hidden, dropout=hp.dropout))

@@ -1,5 +1,5 @@
 """Downstream metrics implemented here, once: OGB's rules (Hits@K against shared negatives,
-mean per-task ROC-AUC), CAFA's protein-centric Fmax, ProteinGym's zero-shot fitness metrics
+mean per-task ROC-AUC), CAFA's protein-centric Fmax, micro-F1 of thresholded multi-label predictions (GNN-PPI's), ProteinGym's zero-shot fitness metrics
 (Spearman, AUC, MCC, NDCG, top-10% recall: :func:`proteingym_metrics`), and scikit-learn's
 support-weighted F1 and cosine silhouette (the genome taxonomy evaluation). Accuracy, binary
 AUROC and average precision come from torchmetrics.
@@ -123,6 +123,21 @@ def fmax(y_true, y_score, thresholds: int = 101) -> float:
         if precision + recall > 0:
             best = max(best, float(2 * precision * recall / (precision + recall)))
     return best
+
+
+def micro_f1(y_true, y_score, threshold: float = 0.5) -> float:
+    """Micro-averaged F1 of multi-label predictions ``y_score > threshold`` (strictly above, as
+    GNN-PPI thresholds sigmoid outputs at 0.5): ``2 TP / (2 TP + FP + FN)`` over every (row, label)
+    entry, scikit-learn's ``f1_score(average="micro")``. y_true, y_score: (N, T). NaN when no label
+    is true or predicted (scikit-learn returns 0 there, with a warning)."""
+    y, s = _as_f64(y_true) == 1, _as_f64(y_score)
+    if y.shape != s.shape:
+        raise ValueError(f"micro_f1: y_true {tuple(y.shape)} and y_score {tuple(s.shape)} differ in shape")
+    pred = s > threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
 
 
 def weighted_f1(y_true, y_pred) -> float:

@@ -16,6 +16,7 @@ from downstream_fixtures import (
     scop_records, tape_records, write_astral, write_deepfri_table, write_ogbl_ppa, write_ogbn_proteins,
     write_string_links, write_tape_folder, write_tape_json, write_tape_lmdb,
 )
+from lcplm.data import benchmark_splits as bs
 from lcplm.data import benchmarks as bm
 from lcplm.errors import UserError
 
@@ -68,15 +69,15 @@ def check_holdout_properties(splits):
 
 def test_astral_holdouts_have_tape_properties_and_follow_the_seed(tmp_path):
     recs = bm.read_astral(write_astral(tmp_path / "a.fa", scop_records(classes="abch", folds=5, sfs=3, fams=3, domains=3)))
-    splits, report = bm.astral_holdout_splits(recs, seed=0, fold_test_frac=0.1, superfamily_test_frac=0.1,
+    splits, report = bs.astral_holdout_splits(recs, seed=0, fold_test_frac=0.1, superfamily_test_frac=0.1,
                                               family_test_frac=0.1, valid_frac=0.05)
     check_holdout_properties(splits)
     assert all(len(v) > 0 for v in splits.values())
     assert report.n_excluded_classes == 5 * 3 * 3 * 3  # class h is left out, and counted
     assert sum(report.sizes.values()) + report.n_excluded_classes == len(recs)
-    again, _ = bm.astral_holdout_splits(recs, seed=0, fold_test_frac=0.1, superfamily_test_frac=0.1,
+    again, _ = bs.astral_holdout_splits(recs, seed=0, fold_test_frac=0.1, superfamily_test_frac=0.1,
                                         family_test_frac=0.1, valid_frac=0.05)
-    other, _ = bm.astral_holdout_splits(recs, seed=1, fold_test_frac=0.1, superfamily_test_frac=0.1,
+    other, _ = bs.astral_holdout_splits(recs, seed=1, fold_test_frac=0.1, superfamily_test_frac=0.1,
                                         family_test_frac=0.1, valid_frac=0.05)
     ids = lambda s: {k: [r.id for r in v] for k, v in s.items()}  # noqa: E731
     assert ids(again) == ids(splits)
@@ -85,7 +86,7 @@ def test_astral_holdouts_have_tape_properties_and_follow_the_seed(tmp_path):
 
 def test_a_fold_with_one_superfamily_is_never_held_out_whole(tmp_path):
     recs = bm.read_astral(write_astral(tmp_path / "a.fa", scop_records(classes="a", folds=6, sfs=1, fams=1, domains=4)))
-    splits, _ = bm.astral_holdout_splits(recs, seed=0, fold_test_frac=0.5, superfamily_test_frac=0.5)
+    splits, _ = bs.astral_holdout_splits(recs, seed=0, fold_test_frac=0.5, superfamily_test_frac=0.5)
     assert splits["test_fold_holdout"] == [] and splits["test_superfamily_holdout"] == []
     check_holdout_properties(splits)
 
@@ -95,7 +96,7 @@ def test_astral_shared_data_holdouts():
     recs = bm.read_astral(shared_data("homology", "astral-scope-2.07-40.fa"))
     assert len(recs) == 14323
     assert recs[0].id == "d1dlwa_" and recs[0].family == "a.1.1.1" and recs[0].sequence.startswith("SLFEQ")
-    splits, report = bm.astral_holdout_splits(recs, seed=0)
+    splits, report = bs.astral_holdout_splits(recs, seed=0)
     check_holdout_properties(splits)
     n = len(recs)
     assert abs(len(splits["test_fold_holdout"]) / n - 0.05) < 0.01
@@ -299,13 +300,13 @@ def test_string_pairs_positives_above_threshold_and_disjoint_negatives(tmp_path)
     ids = [f"4932.Y{i:03d}" for i in range(30)]
     rows = [(ids[i], ids[i + 1], 900) for i in range(0, 28)] + [(ids[0], ids[5], 150), (ids[2], "4932.NOSEQ", 999)]
     links = write_string_links(tmp_path / "links.txt.gz", rows)
-    pairs = bm.string_pairs(links, ids, seed=0, min_score=700, negatives_per_positive=2.0)
+    pairs = bs.string_pairs(links, ids, seed=0, min_score=700, negatives_per_positive=2.0)
     pos = {(pairs.names[a], pairs.names[b]) for a, b, y in zip(pairs.a, pairs.b, pairs.y) if y == 1}
     neg = {(pairs.names[a], pairs.names[b]) for a, b, y in zip(pairs.a, pairs.b, pairs.y) if y == 0}
     assert pos == {tuple(sorted((ids[i], ids[i + 1]))) for i in range(28)}
     assert len(neg) == 56 and not pos & neg and all(a != b for a, b in neg)
     assert (tuple(sorted((ids[0], ids[5]))) not in pos)  # below the threshold
-    again = bm.string_pairs(links, ids, seed=0, min_score=700, negatives_per_positive=2.0)
+    again = bs.string_pairs(links, ids, seed=0, min_score=700, negatives_per_positive=2.0)
     assert np.array_equal(again.a, pairs.a) and np.array_equal(again.b, pairs.b)
 
 
@@ -318,17 +319,17 @@ def _pairs(n_prot=60, n_pairs=400, seed=0):
 
 def test_split_pairs_by_pair_is_a_seeded_partition():
     p = _pairs()
-    s = bm.split_pairs(p, 0, 0.1, 0.2)
+    s = bs.split_pairs(p, 0, 0.1, 0.2)
     allidx = np.sort(np.concatenate(list(s.values())))
     assert np.array_equal(allidx, np.arange(len(p)))
     assert len(s["test"]) == 80 and len(s["valid"]) == 40
-    assert all(np.array_equal(s[k], bm.split_pairs(p, 0, 0.1, 0.2)[k]) for k in s)
-    assert not np.array_equal(s["test"], bm.split_pairs(p, 1, 0.1, 0.2)["test"])
+    assert all(np.array_equal(s[k], bs.split_pairs(p, 0, 0.1, 0.2)[k]) for k in s)
+    assert not np.array_equal(s["test"], bs.split_pairs(p, 1, 0.1, 0.2)["test"])
 
 
 def test_split_pairs_by_protein_keeps_held_out_proteins_out_of_training():
     p = _pairs()
-    s = bm.split_pairs(p, 0, 0.1, 0.2, by="protein")
+    s = bs.split_pairs(p, 0, 0.1, 0.2, by="protein")
     assert np.array_equal(np.sort(np.concatenate(list(s.values()))), np.arange(len(p)))  # nothing dropped
     train_prot = set(p.a[s["train"]]) | set(p.b[s["train"]])
     for k in ("valid", "test"):
@@ -339,7 +340,7 @@ def test_split_pairs_by_protein_keeps_held_out_proteins_out_of_training():
     held = (set(p.a[s["test"]]) | set(p.b[s["test"]])) - train_prot
     assert held and not held & train_prot
     with pytest.raises(UserError, match="pair split must be"):
-        bm.split_pairs(p, 0, by="species")
+        bs.split_pairs(p, 0, by="species")
 
 
 @pytest.mark.needs_shared_data

@@ -155,12 +155,12 @@ def test_default_config_loads_and_points_at_make_pretrain():
 
 def test_baseline_features_see_the_same_crop_as_the_encoders():
     from lcplm.eval.baselines import composition_features
-    from lcplm.eval.downstream import build_sources, features_for
+    from lcplm.eval.model_sources import build_sources, features_for
 
     cfg = load_config(None, ["baselines=[composition]", "embed.max_length=3", "embed.long_policy=crop"],
                       schema=DownstreamConfig)
     (source,) = build_sources(cfg)
-    x = features_for(source, ["a", "b"], ["ACDWWWW", "MK"], cfg)
+    x = features_for(source, ["a", "b"], ["ACDWWWW", "MK"], cfg.embed)
     assert torch.equal(x, composition_features(["ACD", "MK"]))
 
 

@@ -11,7 +11,8 @@ from lcplm.data import tokenizer as tok
 from lcplm.models.heads import (
     FeatureNet, GraphNodeNet, GraphPairNet, GraphSAGE, LinearProbe, MLPHead, PairDecoder, residue_mean,
 )
-from lcplm.tasks.downstream import DownstreamTask, fit_and_evaluate, prediction_metrics, tensor_loader
+from lcplm.data.datamodules.downstream import SplitsDataModule
+from lcplm.tasks.downstream import DownstreamTask, fit_and_evaluate, prediction_metrics
 
 
 def _blobs(n=300, d=12, c=4, seed=0):
@@ -21,11 +22,11 @@ def _blobs(n=300, d=12, c=4, seed=0):
     return centers[y] + torch.randn(n, d, generator=g), y
 
 
-def _loaders(tensors: dict, n_train: int, n_valid: int, seed: int = 0):
+def _data(tensors: dict, n_train: int, n_valid: int, seed: int = 0) -> SplitsDataModule:
     tr = {k: v[:n_train] for k, v in tensors.items()}
     va = {k: v[n_train:n_train + n_valid] for k, v in tensors.items()}
     te = {k: v[n_train + n_valid:] for k, v in tensors.items()}
-    return tensor_loader(tr, 64, True, seed), tensor_loader(va, 0), {"test": tensor_loader(te, 0)}
+    return SplitsDataModule({"train": tr, "valid": va, "test": te}, batch_size=64, seed=seed)
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
@@ -33,7 +34,7 @@ def test_multiclass_probe_learns_separable_classes(head):
     x, y = _blobs()
     net = FeatureNet(LinearProbe(12, 4) if head == "linear" else MLPHead(12, 4, hidden=32))
     task = DownstreamTask(net, "multiclass", lr=1e-2)
-    res = fit_and_evaluate(task, *_loaders({"x": x, "y": y}, 200, 50), max_epochs=15)
+    res = fit_and_evaluate(task, _data({"x": x, "y": y}, 200, 50), max_epochs=15)
     assert res["test"]["accuracy"] > 0.9
     assert res["valid"]["accuracy"] == task.best_score
     # the restored weights are those of the best validation epoch
@@ -48,7 +49,7 @@ def test_multilabel_head_reports_ogb_rocauc_aupr_and_fmax():
     w = torch.randn(10, 5, generator=g)
     y = (x @ w > 0.5).float()
     task = DownstreamTask(FeatureNet(LinearProbe(10, 5)), "multilabel", lr=2e-2)
-    res = fit_and_evaluate(task, *_loaders({"x": x, "y": y}, 250, 50), max_epochs=15)
+    res = fit_and_evaluate(task, _data({"x": x, "y": y}, 250, 50), max_epochs=15)
     assert set(res["test"]) == {"rocauc", "aupr", "fmax"}
     assert res["test"]["rocauc"] > 0.9 and res["test"]["aupr"] > 0.7 and res["test"]["fmax"] > 0.6
 
@@ -77,7 +78,7 @@ def test_pair_decoder_with_and_without_graphsage(gnn):
     else:
         net = GraphPairNet(x, PairDecoder(3, hidden=16))
     task = DownstreamTask(net, "binary", lr=1e-2, hits_k=(5,))
-    res = fit_and_evaluate(task, *_loaders({"a": a, "b": b, "y": y}, n_tr, 150), max_epochs=25)
+    res = fit_and_evaluate(task, _data({"a": a, "b": b, "y": y}, n_tr, 150), max_epochs=25)
     assert set(res["test"]) == {"auroc", "ap", "hits@5"}
     assert res["test"]["auroc"] > 0.85
 
@@ -95,7 +96,7 @@ def test_graph_node_net_with_graphsage_learns_node_labels_from_the_graph():
         net = (GraphNodeNet(feats, LinearProbe(8, 3), GraphSAGE(16, 8, 2, 0.0), edges) if gnn
                else GraphNodeNet(feats, LinearProbe(16, 3)))
         task = DownstreamTask(net, "multilabel", lr=2e-2)
-        res = fit_and_evaluate(task, *_loaders({"node": nodes, "y": labels[nodes]}, 30, 15), max_epochs=40)
+        res = fit_and_evaluate(task, _data({"node": nodes, "y": labels[nodes]}, 30, 15), max_epochs=40)
         scores[gnn] = res["test"]["rocauc"]
     # only message passing over the graph tells the groups apart
     assert scores[True] > 0.9 and scores[True] > scores[False] + 0.2

@@ -8,7 +8,8 @@ import torch
 
 from downstream_fixtures import function_fixture, ppi_fixture, scop_records, write_astral
 from lcplm.config import load_config
-from lcplm.eval.downstream import DownstreamConfig, build_sources, evaluate
+from lcplm.eval.downstream import DownstreamConfig, evaluate
+from lcplm.eval.model_sources import build_sources
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 
 from conftest import write_run_checkpoint
