@@ -112,7 +112,9 @@ def load_tasks(cfg: DownstreamConfig, log: Callable[[str], None] = print) -> tup
     """The enabled tasks whose data is present, and one line per skipped task."""
     from lcplm.eval.variants import METHODS
 
-    entries = [(section, t) for section in BUILDERS for t in getattr(cfg, section) if t.enabled]
+    sections = {"homology": cfg.homology, "function": cfg.function, "ppi": cfg.ppi, "interaction": cfg.interaction,
+                "fitness": cfg.fitness}
+    entries = [(section, t) for section, ts in sections.items() for t in ts if t.enabled]
     for section, t in entries:
         if section == "fitness":
             if t.method not in METHODS:

@@ -224,3 +224,35 @@ def write_string_links(path: Path, rows: list[tuple[str, str, int]]) -> Path:
         f.write("protein1 protein2 combined_score\n")
         f.writelines(f"{a} {b} {s}\n" for a, b, s in rows)
     return path
+
+
+def write_string_actions(path: Path, rows: list[tuple[str, str, str, str, str, str, int]]) -> Path:
+    """A STRING ``protein.actions`` file: tab-separated, STRING's header, one line per action."""
+    with open(path, "w") as f:
+        f.write("item_id_a\titem_id_b\tmode\taction\tis_directional\ta_is_acting\tscore\n")
+        f.writelines("\t".join(map(str, r)) + "\n" for r in rows)
+    return path
+
+
+def actions_fixture(root: Path, n_prot: int = 48, n_pairs: int = 150, seed: int = 0) -> tuple[Path, Path]:
+    """STRING-style actions between proteins of 4 groups (SHS27k layout: actions file + ``id<TAB>seq``
+    dictionary). Every pair binds; same-group pairs also catalyse, pairs with a group-0 member
+    also activate (listed in both directions, as STRING lists directional actions)."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 4, n_prot)
+    ids = [f"9606.ENSP{i:05d}" for i in range(n_prot)]
+    (root / "actions_dict.tsv").write_text("".join(f"{p}\t{random_protein(rng, 30, int(g))}\n" for p, g in zip(ids, group)))
+    seen, rows = set(), []
+    while len(seen) < n_pairs:
+        a, b = (int(x) for x in rng.integers(0, n_prot, 2))
+        if a == b or (min(a, b), max(a, b)) in seen:
+            continue
+        seen.add((min(a, b), max(a, b)))
+        score = int(rng.integers(150, 999))
+        rows.append((ids[a], ids[b], "binding", "", "f", "f", score))
+        if group[a] == group[b]:
+            rows.append((ids[a], ids[b], "catalysis", "", "f", "f", score))
+        if 0 in (group[a], group[b]):
+            rows.append((ids[a], ids[b], "activation", "activation", "t", "t", score))
+            rows.append((ids[b], ids[a], "activation", "activation", "t", "f", score))
+    return write_string_actions(root / "actions.txt", rows), root / "actions_dict.tsv"

@@ -144,6 +144,7 @@ def test_full_config_keeps_every_task_and_lifts_the_cpu_limits():
     assert [t.format for t in cfg.homology] == ["astral", "tape"]
     assert [t.format for t in cfg.function] == ["table", "ogbn_proteins"]
     assert {t.format for t in cfg.ppi} == {"pairs", "string", "ogbl_ppa"}
+    assert [t.split for t in cfg.interaction] == ["random", "bfs", "dfs"]
 
 
 def test_default_config_loads_and_points_at_make_pretrain():

@@ -127,3 +127,21 @@ def test_prediction_metrics_undefined_cases_are_nan():
 def test_task_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="kind must be one of"):
         DownstreamTask(FeatureNet(LinearProbe(2, 2)), "regression")
+
+
+def test_pair_decoder_with_several_outputs_is_symmetric_and_keeps_its_columns():
+    dec = PairDecoder(8, hidden=16, n_out=7).eval()
+    a, b = torch.randn(5, 8), torch.randn(5, 8)
+    assert dec(a, b).shape == (5, 7) and torch.allclose(dec(a, b), dec(b, a))
+    assert PairDecoder(8, hidden=16).eval()(a, b).shape == (5,)
+
+
+def test_monitor_picks_the_best_epoch_by_the_named_metric():
+    x, _, a, b, y = _group_graph()
+    yy = torch.stack([y, 1 - y], 1)  # two complementary labels per pair
+    task = DownstreamTask(GraphPairNet(x, PairDecoder(3, hidden=16, n_out=2)), "multilabel", lr=1e-2,
+                          f1_threshold=0.5, monitor="micro_f1")
+    res = fit_and_evaluate(task, _data({"a": a, "b": b, "y": yy}, 500, 150), max_epochs=6)
+    assert task.best_score == res["valid"]["micro_f1"] and "micro_f1" in res["test"]
+    with pytest.raises(ValueError, match="f1_threshold is for multilabel"):
+        DownstreamTask(FeatureNet(LinearProbe(2, 2)), "binary", f1_threshold=0.5)
