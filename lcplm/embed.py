@@ -1,31 +1,37 @@
 """Protein embeddings from a trained encoder: :func:`embed_fasta` (``lcplm embed``, :mod:`lcplm.cli.embed`)
-and the extraction downstream uses.
+and the extraction downstream uses (:func:`embed_sequences`, :func:`cached_mean_embeddings`).
 
-``lcplm embed --checkpoint C --fasta F --out DIR [--per-residue] [--format safetensors|npy]
-[--max-tokens N] [--max-length N --long full|crop|error] [--device D] [--half]`` writes to DIR:
+``lcplm embed --checkpoint C --fasta F --out DIR [--repr-layers K ...] [--include mean per_tok bos]
+[--format safetensors|npy|hdf5] [--max-tokens N] [--truncation-seq-length N --long crop|full|error]
+[--resume] [--device D] [--half]``, like ESM's ``esm-extract``:
 
-* ``embeddings.safetensors`` (tensors ``mean`` (N, D) and, with ``--per-residue``,
-  ``residues`` (T, D) plus ``offsets`` (N + 1,): record i's residues are rows
-  ``offsets[i]:offsets[i + 1]``), or the same arrays as ``mean.npy`` / ``residues.npy`` /
-  ``offsets.npy``;
-* ``index.tsv``: ``index  id  length  embedded_length`` per record, in FASTA order;
-* ``meta.json``: checkpoint, its digest, model config, options, counts.
+* ``--repr-layers``: which representations, numbered as ESM's ``repr_layers``: 0 = the embedding
+  output, k = the output of block k, and the model's number of layers = the final hidden states
+  (after the final norm; what every other command uses); negative k counts from the end (-1 =
+  the final layer, the default). The models' :meth:`encode_layers` compute them.
+* ``--include``: ``mean`` (mean over residue tokens: never ``<cls>``/``<eos>``, padding or
+  ``<unk>``/gap positions; the default), ``per_tok`` (every residue's state, one row per sequence
+  character between ``<cls>`` and ``<eos>``), ``bos`` (the ``<cls>`` token's state: every lcplm
+  model, LC-PLM's and ESM-2's read proteins framed ``<cls> ... <eos>``). ``--per-residue`` is
+  ``per_tok``.
+* ``--truncation-seq-length N`` (also ``--max-length``; default 1022 residues, esm-extract's):
+  longer sequences follow ``--long``: ``crop`` (the default: the first N residues, as esm-extract
+  truncates; counted, ``embedded_length`` says where), ``full`` (embed them whole: BiMamba-S has
+  no length limit) or ``error``. Nothing is dropped.
+* Streaming: records are read from the FASTA as they are embedded, in chunks of about
+  ``--chunk-tokens`` tokens; each chunk's arrays are written to the output folder at once, so
+  memory holds one chunk (plus 8 bytes per record id, to refuse duplicate ids), never the FASTA
+  or the data set's outputs. ``--resume`` continues a killed run from its finished chunks.
 
-``--checkpoint`` is a run checkpoint, an lcplm model directory (``lcplm export`` / ``lcplm
-convert``), or LC-PLM's or ESM-2's released model directory, read directly
-(:func:`lcplm.models.io.from_pretrained`).
+The output folder (arrays, names, formats, ``index.tsv``, ``meta.json``, the resume rules):
+:mod:`lcplm.eval.embedding_files`. ``--checkpoint`` is a run checkpoint, an lcplm model
+directory (``lcplm export`` / ``lcplm convert``), or LC-PLM's or ESM-2's released model
+directory, read directly (:func:`lcplm.models.io.from_pretrained`).
 
-The mean embedding of a sequence is the mean of the encoder's final hidden states (after the
-final norm) over its residue tokens: never ``<cls>``/``<eos>``, padding, or ``<unk>``/gap
-positions. Per-residue rows are every position between ``<cls>`` and ``<eos>``, one per
-sequence character, so row j is character j. Sequences are batched by a token budget, longest
-first (``lcplm.data.batching.plan_batches``), so little is spent on padding; a sequence longer
-than the budget is embedded alone.
-
-Long sequences: with ``--max-length N`` a sequence of more than N residues is embedded in full
-(``--long full``, the default: BiMamba-S has no length limit), cut to its first N residues
-(``crop``; counted and reported, ``embedded_length`` says where), or refused (``error``).
-Nothing is dropped.
+Batches come from the suite's token-budget sampler (:func:`lcplm.data.protein_batches.protein_batch_loader`:
+longest first, ``B x L <= max_tokens``, a record longer than the budget alone), so little is
+spent on padding. A record's outputs depend on its batch only through float summation order
+(batches are cut within a chunk, so a resumed run makes exactly the batches of an uninterrupted one).
 
 :func:`cached_mean_embeddings` keeps mean embeddings on disk keyed by the model's digest, the
 data's digest and the options, so ``eval-downstream`` embeds each data set once per checkpoint.
@@ -38,9 +44,10 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,11 +58,19 @@ from lcplm.data.cache import cache_root
 from lcplm.data.collate import crop_residues
 from lcplm.data.protein_batches import protein_batch_loader
 from lcplm.errors import UserError
-from lcplm.files import atomic_write_bytes, atomic_write_text, atomic_write_with
+from lcplm.eval.embedding_files import FORMATS, EmbeddingFolder, array_name, records_digest
+from lcplm.files import atomic_write_bytes
 from lcplm.models.heads import residue_mean
 
 LONG_POLICIES = ("full", "crop", "error")
-FORMATS = ("safetensors", "npy")
+OUTPUTS = ("mean", "per_tok", "bos")  # esm-extract's --include names
+OUTPUT_ARRAYS = {"mean": "mean", "per_tok": "residues", "bos": "bos"}  # the arrays each output writes
+TRUNCATION_SEQ_LENGTH = 1022  # esm-extract's default: residues embedded per sequence
+CHUNK_TOKENS_PER_BATCH = 4  # default chunk: this many token budgets (bounds memory with per_tok outputs)
+
+__all__ = ["FORMATS", "LONG_POLICIES", "OUTPUTS", "TRUNCATION_SEQ_LENGTH", "EmbeddingResult", "cached_mean_embeddings",
+           "crop_sequences", "embed_fasta", "embed_residues", "embed_sequences", "file_digest", "load_encoder",
+           "random_encoder", "resolve_device", "resolve_layers"]
 
 
 @dataclass
@@ -128,12 +143,88 @@ def _autocast(device: torch.device, half: bool):
     return torch.autocast(device.type, enabled=False)
 
 
+def num_layers(model: nn.Module) -> int:
+    """The model's number of blocks (the index of its final representation)."""
+    n = getattr(model, "num_layers", None)
+    if n is None or not hasattr(model, "encode_layers"):
+        raise UserError(f"model {type(model).__name__} has no encode_layers(): only its final layer can be embedded")
+    return int(n)
+
+
+def resolve_layers(repr_layers: Sequence[int], n_layers: int) -> list[int]:
+    """ESM's ``repr_layers`` rule: k in ``-(n+1)..n``, negative counts from the end
+    (``(k + n + 1) % (n + 1)``); duplicates kept once, in the order given."""
+    out: list[int] = []
+    for k in repr_layers:
+        if not -(n_layers + 1) <= k <= n_layers:
+            raise UserError(f"--repr-layers {k}: the model has {n_layers} layers "
+                            f"(choose 0..{n_layers}, or -{n_layers + 1}..-1 counting from the end)")
+        k = (k + n_layers + 1) % (n_layers + 1)
+        if k not in out:
+            out.append(k)
+    if not out:
+        raise UserError("--repr-layers: give at least one layer")
+    return out
+
+
+def check_outputs(include: Sequence[str]) -> list[str]:
+    bad = [x for x in include if x not in OUTPUTS]
+    if bad or not include:
+        raise UserError(f"--include: unknown output {bad[0]!r} (choose from {', '.join(OUTPUTS)})" if bad
+                        else "--include: give at least one of " + ", ".join(OUTPUTS))
+    return list(dict.fromkeys(include))
+
+
 @torch.no_grad()
+def embed_residues(model: nn.Module, residues: Sequence[np.ndarray], *, layers: Sequence[int], include: Sequence[str],
+                   max_tokens: int, device: torch.device, half: bool = False,
+                   on_batch: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+    """The outputs of ``model`` for records given as residue ids (each (n_i,), n_i >= 1).
+
+    Per layer k (model numbering, :func:`resolve_layers`) and output, under
+    :func:`lcplm.eval.embedding_files.array_name`: ``mean`` / ``bos`` -> (N, D) float32 tensors,
+    ``per_tok`` -> a list of (n_i, D) float32 tensors (name ``residues...``), in record order.
+    Only the final layer is asked for: ``model.encode``; else ``model.encode_layers``. Batches
+    of at most ``max_tokens`` tokens; ``on_batch(tokens)`` after each.
+    """
+    n = getattr(model, "num_layers", None)
+    only_final = list(layers) == [n]
+    if not only_final:
+        num_layers(model)  # a model without encode_layers() says so here
+    loader = protein_batch_loader(residues, max_tokens, with_index=True)
+    out: dict[str, Any] = {}
+    for batch in loader:
+        idx = batch["index"]
+        input_ids, lens = batch["input_ids"].to(device), batch["lengths"].to(device)
+        with _autocast(device, half):
+            if only_final:
+                hidden = {n: model.encode(input_ids, lengths=lens)}
+            else:
+                hidden = model.encode_layers(input_ids, list(layers), lengths=lens)
+        for k in layers:
+            h = hidden[k]
+            if "mean" in include:
+                pooled = residue_mean(h, input_ids).cpu()
+                out.setdefault(array_name("mean", k, n), torch.zeros(len(residues), pooled.shape[1]))[idx] = pooled
+            if "bos" in include:
+                first = h[:, 0].float().cpu()
+                out.setdefault(array_name("bos", k, n), torch.zeros(len(residues), first.shape[1]))[idx] = first
+            if "per_tok" in include:
+                hf = h.float().cpu()
+                rows = out.setdefault(array_name("residues", k, n), [None] * len(residues))
+                for row, i in enumerate(idx.tolist()):
+                    rows[i] = hf[row, 1 : 1 + len(residues[i])].clone()
+        if on_batch is not None:
+            on_batch(int(batch["lengths"].sum()))
+    return out
+
+
 def embed_sequences(model: nn.Module, sequences: Sequence[str], names: Optional[Sequence[str]] = None, *,
                     max_tokens: int = 16384, max_length: Optional[int] = None, long_policy: str = "full",
                     per_residue: bool = False, device: str | torch.device = "cpu", half: bool = False,
                     progress: bool = False) -> EmbeddingResult:
-    """Mean (and optionally per-residue) embeddings of ``sequences`` with ``model.encode``.
+    """Mean (and optionally per-residue) final-layer embeddings of ``sequences`` with ``model.encode``,
+    all in memory (``lcplm embed`` streams instead: :func:`embed_fasta`).
 
     ``model.encode(input_ids (B, L), lengths=(B,)) -> (B, L, D)``. Batches hold at most
     ``max_tokens`` tokens (B * L, specials included), longest first. ``half`` runs the encoder
@@ -146,36 +237,22 @@ def embed_sequences(model: nn.Module, sequences: Sequence[str], names: Optional[
         raise UserError("no sequences to embed")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     residues, lengths = prepare_residues(sequences, names, max_length, long_policy)
-    loader = protein_batch_loader(residues, max_tokens, with_index=True)
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     model.to(dev)
-    mean: Optional[torch.Tensor] = None
-    per_res: list[Optional[torch.Tensor]] = [None] * len(residues) if per_residue else []
-    from tqdm.auto import tqdm
-
-    total = sum(len(r) + 2 for r in residues)
-    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="embed", disable=not progress, file=sys.stderr)
+    final = getattr(model, "num_layers", None)
+    bar = tqdm(total=sum(len(r) + 2 for r in residues), unit="tok", unit_scale=True, desc="embed",
+               disable=not progress, file=sys.stderr)
     try:
-        for batch in loader:
-            idx = batch["index"]
-            input_ids, lens = batch["input_ids"].to(dev), batch["lengths"].to(dev)
-            with _autocast(dev, half):
-                hidden = model.encode(input_ids, lengths=lens)
-            pooled = residue_mean(hidden, input_ids).cpu()
-            if mean is None:
-                mean = torch.zeros(len(residues), pooled.shape[1])
-            mean[idx] = pooled
-            if per_residue:
-                h = hidden.float().cpu()
-                for row, i in enumerate(idx.tolist()):
-                    per_res[i] = h[row, 1 : 1 + len(residues[i])].clone()
-            bar.update(int(batch["lengths"].sum()))
+        out = embed_residues(model, residues, layers=[final], include=["mean", "per_tok"] if per_residue else ["mean"],
+                             max_tokens=max_tokens, device=dev, half=half, on_batch=bar.update)
     finally:
         bar.close()
         model.train(was_training)
     embedded = np.asarray([len(r) for r in residues], np.int64)
-    return EmbeddingResult(mean, embedded, lengths, per_res if per_residue else None)  # type: ignore[arg-type]
+    return EmbeddingResult(out["mean"], embedded, lengths, out["residues"] if per_residue else None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,60 +298,8 @@ def random_encoder(model_cfg: Any, seed: int) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------
-# Output files and the cache
+# The embedding cache (eval-downstream) and lcplm embed
 # ------------------------------------------------------------------------------------------
-
-
-def write_embeddings(out_dir: str | Path, names: Sequence[str], result: EmbeddingResult, fmt: str = "safetensors",
-                     half: bool = False, meta: Optional[dict] = None) -> Path:
-    """Write the arrays, ``index.tsv`` and ``meta.json`` into ``out_dir`` (created)."""
-    if fmt not in FORMATS:
-        raise UserError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if half else torch.float32
-    tensors = {"mean": result.mean.to(dtype).contiguous()}
-    if result.residues is not None:
-        offsets = torch.zeros(len(result.residues) + 1, dtype=torch.int64)
-        offsets[1:] = torch.cumsum(torch.tensor([r.shape[0] for r in result.residues], dtype=torch.int64), 0)
-        tensors["residues"] = torch.cat(result.residues).to(dtype).contiguous()
-        tensors["offsets"] = offsets
-    for stale in ("embeddings.safetensors", "mean.npy", "residues.npy", "offsets.npy"):
-        (out / stale).unlink(missing_ok=True)
-    if fmt == "safetensors":
-        from safetensors.torch import save
-
-        atomic_write_bytes(out / "embeddings.safetensors", save(tensors))
-    else:
-        for k, v in tensors.items():
-            atomic_write_with(out / f"{k}.npy", lambda f, a=v.numpy(): np.save(f, a))
-    rows = ["index\tid\tlength\tembedded_length\n"]
-    for i, (name, n, e) in enumerate(zip(names, result.lengths.tolist(), result.embedded_lengths.tolist())):
-        rows.append(f"{i}\t{name}\t{n}\t{e}\n")
-    atomic_write_text(out / "index.tsv", "".join(rows))
-    atomic_write_text(out / "meta.json", json.dumps(meta or {}, indent=2, default=str) + "\n")
-    return out
-
-
-def read_embeddings(out_dir: str | Path) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """``(ids, tensors)`` of a folder written by :func:`write_embeddings` (either format)."""
-    out = Path(out_dir)
-    index = out / "index.tsv"
-    if not index.is_file():
-        raise UserError(f"{out}: no index.tsv (not an `lcplm embed` output folder)")
-    ids = [line.split("\t")[1] for line in index.read_text().splitlines()[1:] if line]
-    if (out / "embeddings.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(out / "embeddings.safetensors"))
-    else:
-        tensors = {k: torch.from_numpy(np.load(out / f"{k}.npy")) for k in ("mean", "residues", "offsets")
-                   if (out / f"{k}.npy").is_file()}
-    if "mean" not in tensors:
-        raise UserError(f"{out}: no mean embeddings found")
-    return ids, tensors
 
 
 def data_digest(names: Sequence[str], sequences: Sequence[str]) -> str:
@@ -319,46 +344,125 @@ def cached_mean_embeddings(model_key: str, model_factory, names: Sequence[str], 
     return result.mean
 
 
-def embed_fasta(checkpoint: str | Path, fasta: str, out_dir: str | Path, *, per_residue: bool = False,
-                fmt: str = "safetensors", max_tokens: int = 16384, max_length: Optional[int] = None,
-                long_policy: str = "full", device: str = "auto", half: bool = False,
-                progress: bool = True) -> tuple[Path, EmbeddingResult, dict[str, Any], str]:
-    """Embed every record of ``fasta`` with the model at ``checkpoint`` and write ``out_dir`` (the
-    layout in the module docstring). Returns ``(out_dir, result, meta, unk_note)``; ``unk_note``
-    is the FASTA reader's note on characters read as ``<unk>`` ("" when none)."""
-    from lcplm.data.fasta import FastaCounts, iter_fasta
+def _chunks(records: Iterator, max_length: Optional[int], long_policy: str, chunk_tokens: int) -> Iterator[list]:
+    """Consecutive records, cut after the one that brings a chunk to ``chunk_tokens`` tokens
+    (after the long-sequence policy, <cls>/<eos> included): a function of the records alone, so
+    a resumed run cuts the same chunks."""
+    chunk, tokens = [], 0
+    for rec in records:
+        chunk.append(rec)
+        tokens += cut_length(len(rec.sequence), rec.id, max_length, "full" if long_policy == "error" else long_policy) + 2
+        if tokens >= chunk_tokens:
+            yield chunk
+            chunk, tokens = [], 0
+    if chunk:
+        yield chunk
+
+
+def embed_fasta(checkpoint: str | Path, fasta: str, out_dir: str | Path, *, include: Sequence[str] = ("mean",),
+                repr_layers: Sequence[int] = (-1,), fmt: str = "safetensors", max_tokens: int = 16384,
+                max_length: Optional[int] = TRUNCATION_SEQ_LENGTH, long_policy: str = "crop",
+                chunk_tokens: Optional[int] = None, device: str = "auto", half: bool = False, resume: bool = False,
+                progress: bool = True, on_chunk: Optional[Callable[[int], None]] = None) -> tuple[Path, dict[str, Any], str]:
+    """Embed every record of ``fasta`` with the model at ``checkpoint`` into ``out_dir``, streaming
+    (module docstring; layout: :mod:`lcplm.eval.embedding_files`). ``chunk_tokens``: tokens per
+    written part (default 4 x ``max_tokens``). ``on_chunk(records written so far)`` after each part.
+
+    Returns ``(out_dir, meta, unk_note)``: ``meta`` as written to ``meta.json`` (plus
+    ``already_complete`` when ``resume`` found nothing to do); ``unk_note`` the FASTA reader's note
+    on characters read as ``<unk>`` ("" when none)."""
+    from lcplm.data.fasta import FastaCounts, id_hash, iter_fasta
     from lcplm.data.inputs import is_regular_file
 
     if max_tokens < 3:
         raise UserError(f"--max-tokens must be >= 3, got {max_tokens}")
-    counts = FastaCounts()
-    records = list(iter_fasta(fasta, counts))
-    names = [r.id for r in records]
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            raise UserError(f"{fasta}: duplicate record id {n!r} (the index would be ambiguous)")
-        seen.add(n)
+    if max_length is not None and max_length < 1:
+        raise UserError(f"max_length must be >= 1 residue, got {max_length}")
+    if long_policy not in LONG_POLICIES:
+        raise UserError(f"long-sequence policy must be one of {list(LONG_POLICIES)}, got {long_policy!r}")
+    include = check_outputs(include)
+    chunk_tokens = chunk_tokens or CHUNK_TOKENS_PER_BATCH * max_tokens
+    if chunk_tokens < 1:
+        raise UserError(f"--chunk-tokens must be >= 1, got {chunk_tokens}")
     dev = resolve_device(device)
     model, model_cfg = load_encoder(checkpoint, map_location="cpu")
+    n_layers = num_layers(model)
+    layers = resolve_layers(repr_layers, n_layers)
+    options = {"include": include, "repr_layers": layers, "max_tokens": max_tokens, "max_length": max_length,
+               "long": long_policy, "half": half, "format": fmt, "chunk_tokens": chunk_tokens, "device": dev.type}
+    model_dict = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else str(model_cfg)
+    folder = EmbeddingFolder(out_dir, fmt, {"checkpoint_digest": file_digest(checkpoint), "model": model_dict,
+                                            "options": options})
+    done = folder.begin(resume)
+    if done is None:
+        meta = json.loads((Path(out_dir) / "meta.json").read_text())
+        return Path(out_dir), {**meta, "already_complete": True}, ""
+    model.eval().to(dev)
+    counts = FastaCounts()
+    seen: set[int] = set()
+    n_records = n_cropped = n_resumed = 0
+    d_model = None
+    from tqdm.auto import tqdm
+
+    bar = None  # made once the first chunk has been read and checked: a bad input is one line
     t0 = time.time()
-    result = embed_sequences(model, [r.sequence for r in records], names, max_tokens=max_tokens,
-                             max_length=max_length, long_policy=long_policy, per_residue=per_residue,
-                             device=dev, half=half, progress=progress)
-    seconds = time.time() - t0
+    try:
+        chunks = _chunks(iter_fasta(fasta, counts), max_length, long_policy, chunk_tokens)
+        for k, chunk in enumerate(chunks):
+            for rec in chunk:
+                h = id_hash(rec.id)
+                if h in seen:
+                    raise UserError(f"{fasta}: duplicate record id {rec.id!r} (the index would be ambiguous)")
+                seen.add(h)
+            digest = records_digest([(r.id, r.sequence) for r in chunk])
+            if k < len(done):
+                old, old_digest = folder.part_records(done[k])
+                if old_digest != digest or [r[0] for r in old] != [r.id for r in chunk]:
+                    raise UserError(f"{fasta}: the records from {chunk[0].id!r} on differ from those the interrupted "
+                                    "run embedded (the FASTA changed): leave out --resume to start over")
+                n_resumed += len(chunk)
+                n_cropped += sum(e < n for _, n, e in old)
+            else:
+                names, seqs = [r.id for r in chunk], [r.sequence for r in chunk]
+                residues, lengths = prepare_residues(seqs, names, max_length, long_policy)
+                arrays = embed_residues(model, residues, layers=layers, include=include, max_tokens=max_tokens,
+                                        device=dev, half=half)
+                if bar is None:
+                    bar = tqdm(unit="seq", desc="embed", initial=n_records, disable=not progress, file=sys.stderr)
+                dtype = torch.float16 if half else torch.float32
+                tensors = {name: (torch.cat(a) if isinstance(a, list) else a).to(dtype) for name, a in arrays.items()}
+                d_model = d_model or next(iter(tensors.values())).shape[1]
+                records = [(r.id, int(n), len(res)) for r, n, res in zip(chunk, lengths, residues)]
+                folder.write_part(k, tensors, records, digest)
+                n_cropped += sum(e < n for _, n, e in records)
+            n_records += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+            if on_chunk is not None:
+                on_chunk(n_records)
+    finally:
+        if bar is not None:
+            bar.close()
+    if n_resumed and d_model is None:
+        from safetensors import safe_open
+
+        with safe_open(str(done[0]), "np") as f:
+            d_model = f.get_slice(next(iter(f.keys()))).get_shape()[1]
     meta = {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "checkpoint_digest": file_digest(checkpoint),
+        "checkpoint_digest": folder.identity["checkpoint_digest"],
         "fasta": str(Path(fasta).resolve()) if is_regular_file(fasta) else fasta,
-        "model": dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else str(model_cfg),
+        "model": model_dict,
         "pooling": "mean over residue tokens (no <cls>/<eos>/padding/<unk>)",
-        "options": {"max_tokens": max_tokens, "max_length": max_length, "long": long_policy,
-                    "per_residue": per_residue, "half": half, "format": fmt},
-        "n_sequences": len(names),
-        "n_cropped": result.n_cropped,
-        "d_model": int(result.mean.shape[1]),
-        "seconds": round(seconds, 3),
+        "arrays": {array_name(OUTPUT_ARRAYS[out], k, n_layers): {"output": out, "layer": k}
+                   for k in layers for out in include},
+        "options": options,
+        "n_sequences": n_records,
+        "n_cropped": n_cropped,
+        "n_resumed": n_resumed,
+        "d_model": d_model,
+        "seconds": round(time.time() - t0, 3),
         "torch": torch.__version__,
     }
-    out = write_embeddings(out_dir, names, result, fmt, half, meta)
-    return out, result, meta, counts.unk_note()
+    folder.finish(meta)
+    return Path(out_dir), meta, counts.unk_note()

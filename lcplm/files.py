@@ -102,10 +102,11 @@ def _disk_full(path: Path, written: int, expected_bytes: int | None) -> UserErro
 def atomic_open(path: str | os.PathLike, mode: str = "wb", expected_bytes: int | None = None) -> Iterator[BinaryIO]:
     """``with atomic_open(p) as f: f.write(...)``: ``p`` appears complete or not at all.
 
+    ``mode``: ``wb``, ``w``, or ``w+b`` for writers that read back what they wrote (HDF5).
     ``expected_bytes``: the size about to be written, if known; a full disk reports it as the
     space needed."""
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_open writes only ('wb' or 'w'), got mode {mode!r}")
+    if mode not in ("wb", "w", "w+b"):
+        raise ValueError(f"atomic_open writes only ('wb', 'w' or 'w+b'), got mode {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)

@@ -1,4 +1,5 @@
-"""``lcplm embed``: round trips through both output formats, long-sequence policies, bad input."""
+"""``lcplm embed``: round trips through the output formats, long-sequence policies, bad input
+(layers, outputs, streaming and resume: ``tests/test_embed_streaming.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from lcplm.__main__ import main as lcplm_main
 from lcplm.data import tokenizer as tok
 from lcplm.cli.embed import main
-from lcplm.embed import cached_mean_embeddings, embed_sequences, read_embeddings
+from lcplm.embed import cached_mean_embeddings, embed_sequences
+from lcplm.eval.embedding_files import read_embeddings
 from lcplm.errors import UserError
 from lcplm.models.bimamba import BiMambaConfig, BiMambaLM
 from lcplm.models.convert import save_lcplm
@@ -58,8 +60,10 @@ def _alone(model, seq):
     return h[res].mean(0), h[1:-1]
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "npy"])
+@pytest.mark.parametrize("fmt", ["safetensors", "npy", "hdf5"])
 def test_embed_round_trip(tmp_path, ckpt, fmt):
+    if fmt == "hdf5":
+        pytest.importorskip("h5py")
     path, model = ckpt
     out = tmp_path / "emb"
     rc = main(["--checkpoint", str(path), "--fasta", str(_fasta(tmp_path / "in.fa")), "--out", str(out),
@@ -85,8 +89,8 @@ def test_long_sequences_full_crop_or_error(tmp_path, ckpt):
     path, model = ckpt
     fa = _fasta(tmp_path / "in.fa")
     args = ["--checkpoint", str(path), "--fasta", str(fa), "--max-length", "70", "--no-progress"]
-    assert main(args + ["--out", str(tmp_path / "full")]) == 0
-    assert main(args + ["--out", str(tmp_path / "crop"), "--long", "crop"]) == 0
+    assert main(args + ["--out", str(tmp_path / "full"), "--long", "full"]) == 0
+    assert main(args + ["--out", str(tmp_path / "crop")]) == 0  # crop is the default, as esm-extract truncates
     _, full = read_embeddings(tmp_path / "full")
     _, crop = read_embeddings(tmp_path / "crop")
     p4 = list(SEQS).index("P4")

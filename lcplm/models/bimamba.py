@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -328,6 +328,27 @@ class BiMambaEncoder(nn.Module):
         residual = hidden if residual is None else hidden + residual
         return layout.zero_padding(self.norm_f(residual.to(self.norm_f.weight.dtype)))
 
+    def layer_states(self, input_ids: Tensor, layers: Sequence[int], lengths: Optional[Tensor] = None,
+                     cu_seqlens: Optional[Tensor] = None) -> dict[int, Tensor]:
+        """``{k: (B, L, d)}`` for each k in ``layers`` (see :meth:`BiMambaLM.encode_layers`); the
+        blocks after the highest k are not run."""
+        n = len(self.layers)
+        bad = [k for k in layers if not 0 <= k <= n]
+        if bad:
+            raise ValueError(f"layer {bad[0]} outside 0..{n}")
+        wanted = set(layers)
+        layout = SequenceLayout.build(input_ids, lengths, cu_seqlens)
+        hidden, residual = self.embedding(input_ids), None
+        out = {0: layout.zero_padding(hidden)} if 0 in wanted else {}
+        for k, layer in enumerate(self.layers[: max(wanted)], 1):
+            hidden, residual = layer(hidden, residual, layout)
+            if k in wanted and k < n:
+                out[k] = layout.zero_padding(hidden + residual)  # the residual stream the next block reads
+        if n in wanted:
+            stream = hidden if residual is None else hidden + residual
+            out[n] = layout.zero_padding(self.norm_f(stream.to(self.norm_f.weight.dtype)))
+        return out
+
 
 class BiMambaLM(nn.Module):
     """BiMamba-S encoder + (untied by default) LM head: logits over the token vocabulary."""
@@ -351,6 +372,17 @@ class BiMambaLM(nn.Module):
     def encode(self, input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> Tensor:
         """Hidden states after the final norm: (B, L, d_model)."""
         return self.backbone(input_ids, lengths=lengths, cu_seqlens=cu_seqlens)
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.n_layer
+
+    def encode_layers(self, input_ids: Tensor, layers: Sequence[int], lengths: Optional[Tensor] = None,
+                      cu_seqlens: Optional[Tensor] = None) -> dict[int, Tensor]:
+        """Representations numbered as ESM's ``repr_layers``: 0 = the embedding output, k = the
+        residual stream after block k, ``num_layers`` = :meth:`encode` (after the final norm).
+        ``{k: (B, L, d_model)}``, zero at padding."""
+        return self.backbone.layer_states(input_ids, layers, lengths, cu_seqlens)
 
     def forward(self, input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> Tensor:
         """Logits (B, L, vocab_size)."""

@@ -26,7 +26,7 @@ ESM-2's published parameter counts; the FASTA pipeline emits no other ids. A lar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -112,16 +112,27 @@ class ESM2LM(ESM2StyleLM):
             pid = torch.where(positions[None, :] < lengths[:, None], 0, -1)
         return pid, torch.ones(B, 1, 1, dtype=torch.bool, device=dev), positions
 
-    def encode(self, input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> Tensor:
-        """Hidden states after the final LayerNorm: (B, L, hidden), zero at padding."""
+    def _check_vocab(self, input_ids: Tensor) -> None:
         if input_ids.numel() and int(input_ids.max()) >= self.cfg.vocab_size:
             raise UserError(
                 f"esm2 model: token id {int(input_ids.max())} is outside its vocabulary of {self.cfg.vocab_size} "
                 "(ESM-2 reads plain proteins; graph and genome tokens need model.vocab_size >= 38)"
             )
+
+    def encode(self, input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> Tensor:
+        """Hidden states after the final LayerNorm: (B, L, hidden), zero at padding."""
+        self._check_vocab(input_ids)
         pid, allowed, positions = self._layout(input_ids, lengths, cu_seqlens)
         h = self._hidden(input_ids, pid, allowed, positions)
         return h * (pid >= 0).unsqueeze(-1).to(h.dtype)
+
+    def encode_layers(self, input_ids: Tensor, layers: Sequence[int], lengths: Optional[Tensor] = None,
+                      cu_seqlens: Optional[Tensor] = None) -> dict[int, Tensor]:
+        """``{k: (B, L, hidden)}`` for ESM's ``repr_layers`` k: 0 = the embedding output, k = the
+        output of layer k, ``num_layers`` = :meth:`encode`; zero at padding."""
+        self._check_vocab(input_ids)
+        pid, allowed, positions = self._layout(input_ids, lengths, cu_seqlens)
+        return self._layer_states(input_ids, pid, allowed, positions, layers)
 
     def forward(self, input_ids: Tensor, lengths: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None) -> Tensor:
         """Logits (B, L, vocab_size)."""

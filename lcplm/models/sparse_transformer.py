@@ -30,7 +30,7 @@ lcplm's own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -237,6 +237,34 @@ class ESM2StyleLM(nn.Module):
             x = layer(x, cos, sin, layout, mass)
         return self.final_norm(x)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _layer_states(self, input_ids: torch.Tensor, pid: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor,
+                      layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """ESM's ``repr_layers`` numbering: 0 = the embedding output (token dropout applied), k = the
+        output of layer k, ``num_layers`` = after the final LayerNorm (:meth:`_hidden`). Zero at
+        padding; the layers after the highest k are not run."""
+        n = len(self.layers)
+        bad = [k for k in layers if not 0 <= k <= n]
+        if bad:
+            raise ValueError(f"layer {bad[0]} outside 0..{n}")
+        wanted = set(layers)
+        valid = (pid >= 0).unsqueeze(-1)
+        x = self._embed(input_ids, pid, allowed.shape[-1])
+        out = {0: x * valid.to(x.dtype)} if 0 in wanted else {}
+        cos, sin = rotary_tables(positions, self.cfg.hidden // self.cfg.heads, self.cfg.rotary_base, x.dtype)
+        layout = attention.sparse_attention_layout(pid, allowed, self.cfg.attention_backend, self.cfg.heads)
+        for k, layer in enumerate(self.layers[: max(wanted)], 1):
+            x = layer(x, cos, sin, layout)
+            if k in wanted and k < n:
+                out[k] = x * valid.to(x.dtype)
+        if n in wanted:
+            h = self.final_norm(x)
+            out[n] = h * valid.to(h.dtype)
+        return out
+
     def lm_head(self, h: torch.Tensor) -> torch.Tensor:
         """(B, L, hidden) -> (B, L, vocab_size)."""
         return self.decoder(self.head_norm(F.gelu(self.head_dense(h)))) + self.head_bias
@@ -296,6 +324,19 @@ class SparseGenomeLM(ESM2StyleLM):
     ) -> torch.Tensor:
         """Hidden states after the final LayerNorm: (B, L, hidden)."""
         return self._run(input_ids, lengths, pid, allowed)
+
+    def encode_layers(
+        self,
+        input_ids: torch.Tensor,
+        layers: Sequence[int],
+        lengths: Optional[torch.Tensor] = None,
+        pid: Optional[torch.Tensor] = None,
+        allowed: Optional[torch.Tensor] = None,
+    ) -> dict[int, torch.Tensor]:
+        """``{k: (B, L, hidden)}`` for ESM's ``repr_layers`` k (:meth:`ESM2StyleLM._layer_states`)."""
+        pid, allowed = self._inputs(input_ids, lengths, pid, allowed)
+        positions = protein_positions(pid) if self.cfg.positions == "protein" else torch.arange(input_ids.shape[1], device=pid.device)
+        return self._layer_states(input_ids, pid, allowed, positions, layers)
 
     def forward(
         self,
