@@ -23,6 +23,7 @@ SCRIPTS = [
     HERE / "model" / "context_length.py",
     HERE / "model" / "genome_memory.py",
     HERE / "model" / "variants_speed.py",
+    HERE / "model" / "embed_memory.py",
     HERE / "ops" / "bench_block_sparse_attn.py",
 ]
 
