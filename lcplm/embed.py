@@ -20,7 +20,8 @@ and the extraction downstream uses (:func:`embed_sequences`, :func:`cached_mean_
   no length limit) or ``error``. Nothing is dropped.
 * Streaming: records are read from the FASTA as they are embedded, in chunks of about
   ``--chunk-tokens`` tokens; each chunk's arrays are written to the output folder at once, so
-  memory holds one chunk (plus 8 bytes per record id, to refuse duplicate ids), never the FASTA
+  memory holds one chunk (plus a 64-bit hash per record id, about 60 bytes each in a Python set, to
+  refuse duplicate ids), never the FASTA
   or the data set's outputs. ``--resume`` continues a killed run from its finished chunks.
 
 The output folder (arrays, names, formats, ``index.tsv``, ``meta.json``, the resume rules):

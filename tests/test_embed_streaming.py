@@ -89,6 +89,28 @@ def test_repr_layers_and_outputs_follow_esm_numbering(tmp_path, ckpt):
     assert torch.equal(read_embeddings(tmp_path / "neg")[1]["mean_layer0"], t["mean_layer0"])
 
 
+@pytest.mark.parametrize("kind", ["bimamba", "esm2", "sparse_transformer"])
+def test_every_model_kind_numbers_its_layers_like_esm(kind):
+    from lcplm.models.esm2 import ESM2Config, ESM2LM
+    from lcplm.models.sparse_transformer import SparseGenomeLM, SparseTransformerConfig
+
+    torch.manual_seed(0)
+    model = {"bimamba": lambda: BiMambaLM(BiMambaConfig(d_model=16, n_layer=3, d_state=4)),
+             "esm2": lambda: ESM2LM(ESM2Config(num_layers=3, hidden=32, heads=2, ffn=64)),
+             "sparse_transformer": lambda: SparseGenomeLM(SparseTransformerConfig(num_layers=3, hidden=32, heads=2, ffn=64)),
+             }[kind]().eval()
+    ids, lens = tok.pad_batch([tok.encode("MKVLAAGITW"), tok.encode("MKV")])
+    with torch.no_grad():
+        states = model.encode_layers(ids, [0, 1, 2, 3], lengths=lens)
+        final = model.encode(ids, lengths=lens)
+    assert model.num_layers == 3 and sorted(states) == [0, 1, 2, 3]
+    assert torch.equal(states[3], final)  # the last representation is encode()'s
+    assert all(not torch.equal(states[k], states[k + 1]) for k in range(3))
+    assert all(bool((states[k][1, 5:] == 0).all()) for k in range(4))  # zero at padding
+    with pytest.raises(ValueError, match="layer 4 outside 0..3"):
+        model.encode_layers(ids, [4], lengths=lens)
+
+
 def test_bimamba_layer_states_are_the_residual_stream_each_block_reads(ckpt):
     _, model = ckpt
     ids, lens = tok.pad_batch([tok.encode("MKVLAAGITW"), tok.encode("MKV")])
