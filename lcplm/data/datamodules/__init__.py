@@ -8,6 +8,10 @@ Every DataModule batches through :class:`lcplm.data.batching.ShardedBatchSampler
 one seed derivation, resume) and :func:`resumable_train_loader` below:
 its dataset maps a :class:`~lcplm.data.batching.BatchKey` to a whole batch. The samplers shard by
 rank themselves, so the Trainer is built with ``use_distributed_sampler=False``.
+
+:mod:`lcplm.data.datamodules.downstream` holds the downstream tasks' DataModules (built by
+``eval-downstream`` per task and seed, not picked by ``data.name``); their fine-tuning batches come
+from the same token-budget sampler.
 """
 
 from __future__ import annotations
