@@ -444,6 +444,9 @@ def embed_fasta(checkpoint: str | Path, fasta: str, out_dir: str | Path, *, incl
     finally:
         if bar is not None:
             bar.close()
+    if n_resumed < sum(len(folder.part_records(p)[0]) for p in done):
+        raise UserError(f"{fasta}: ends after {n_records} records, before those the interrupted run embedded "
+                        "(the FASTA changed): leave out --resume to start over")
     if n_resumed and d_model is None:
         from safetensors import safe_open
 

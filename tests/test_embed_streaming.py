@@ -216,14 +216,20 @@ def test_resume_after_a_kill_gives_the_uninterrupted_outputs(tmp_path, ckpt):
     _arrays_equal(tmp_path / "killed", tmp_path / "whole")
 
 
-def _interrupted(path, fa, out, **kw):
-    """An interrupted run: stopped after its first part (the parts stay, as after a kill)."""
+def _interrupted(path, fa, out, parts: int = 2, **kw) -> list[int]:
+    """An interrupted run: stopped after its first ``parts`` parts (they stay, as after a kill).
+    Returns the records written after each part."""
+    written = []
+
     def stop(n):
-        raise KeyboardInterrupt
+        written.append(n)
+        if len(written) == parts:
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         embed_fasta(path, str(fa), out, max_tokens=64, chunk_tokens=100, progress=False, on_chunk=stop, **kw)
-    assert len(list((out / ".partial").glob("part-*"))) == 1
+    assert len(list((out / ".partial").glob("part-*"))) == parts
+    return written
 
 
 def test_resume_refuses_changed_options_or_records_in_one_line(tmp_path, ckpt, capsys):
@@ -231,7 +237,7 @@ def test_resume_refuses_changed_options_or_records_in_one_line(tmp_path, ckpt, c
     fa = _fasta(tmp_path / "in.fa", 40)
     out = tmp_path / "o"
     base = ["--max-tokens", "64", "--chunk-tokens", "100", "--resume"]
-    _interrupted(path, fa, out)
+    written = _interrupted(path, fa, out)
     assert _embed(path, fa, out, *base, "--include", "bos") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot --resume, the interrupted run used another model or options" in err[0]
@@ -240,6 +246,11 @@ def test_resume_refuses_changed_options_or_records_in_one_line(tmp_path, ckpt, c
     assert _embed(path, changed, out, *base) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "differ from those the interrupted run embedded" in err[0]
+    lines = fa.read_text().splitlines(keepends=True)
+    (tmp_path / "short.fa").write_text("".join(lines[: 2 * written[0]]))  # the first part's records only
+    assert _embed(path, tmp_path / "short.fa", out, *base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"ends after {written[0]} records, before those the interrupted run embedded" in err[0]
     assert _embed(path, fa, out, *base) == 0  # the same run resumes
     assert "from the interrupted run" in capsys.readouterr().out
     assert _embed(path, fa, out, *base) == 0  # a finished folder: nothing to do
